@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// httpAPI is the client-facing router. Every route goes through ServeHTTP;
+// the raftexample-compatible routes live at the root:
+//
+//	PUT    /<key>   set a key (body = value)
+//	GET    /<key>   read a key (?consistency=serializable for a local read)
+//	POST   /<id>    add member <id> (body = its peer URL)
+//	DELETE /<id>    remove member <id>
+//
+// The key is the whole decoded path after the first slash, kept as is (no
+// cleaning of "//" or ".."); the query string only carries options.
+type httpAPI struct {
+	lg              *zap.Logger
+	store           *kvstore
+	requestTimeout  time.Duration
+	maxRequestBytes int64
+}
+
+const allowedMethods = "GET, HEAD, PUT, POST, DELETE"
+
+func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	key := strings.TrimPrefix(r.URL.Path, "/")
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		h.get(w, r, key)
+	case http.MethodPut:
+		h.put(w, r, key)
+	case http.MethodPost:
+		h.addMember(w, r, key)
+	case http.MethodDelete:
+		h.removeMember(w, r, key)
+	default:
+		w.Header().Set("Allow", allowedMethods)
+		http.Error(w, "method "+r.Method+" not allowed; use "+allowedMethods, http.StatusMethodNotAllowed)
+	}
+}
+
+func (h *httpAPI) get(w http.ResponseWriter, r *http.Request, key string) {
+	q, ok := h.query(w, r, "consistency")
+	if !ok {
+		return
+	}
+	if key == "" {
+		http.Error(w, "missing key: use GET /<key>", http.StatusBadRequest)
+		return
+	}
+	linearizable := true
+	switch c := q.Get("consistency"); c {
+	case "", "linearizable":
+	case "serializable":
+		linearizable = false
+	default:
+		http.Error(w, "consistency must be linearizable (default) or serializable, not "+strconv.Quote(c), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	value, found, index, err := h.store.Get(ctx, key, linearizable)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	if !found {
+		http.Error(w, "key not found", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.Itoa(len(value)))
+	io.WriteString(w, value)
+}
+
+func (h *httpAPI) put(w http.ResponseWriter, r *http.Request, key string) {
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	if key == "" {
+		http.Error(w, "missing key: use PUT /<key> with the value as the body", http.StatusBadRequest)
+		return
+	}
+	body, ok := h.readBody(w, r)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	index, err := h.store.Put(ctx, key, string(body))
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText string) {
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	id, ok := parseMemberID(w, idText, "POST /<id> with the new member's peer URL as the body")
+	if !ok {
+		return
+	}
+	body, ok := h.readBody(w, r)
+	if !ok {
+		return
+	}
+	peerURL := strings.TrimSpace(string(body))
+	if err := validatePeerURL(peerURL); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	index, err := h.store.AddMember(ctx, id, peerURL)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.lg.Info("added member", zap.Uint64("member", id), zap.String("peer-url", peerURL))
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText string) {
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	id, ok := parseMemberID(w, idText, "DELETE /<id> with a member id")
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	index, err := h.store.RemoveMember(ctx, id)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	h.lg.Info("removed member", zap.Uint64("member", id))
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// query parses the query string and rejects options the route does not know.
+func (h *httpAPI) query(w http.ResponseWriter, r *http.Request, known ...string) (url.Values, bool) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		http.Error(w, "malformed query string: "+err.Error(), http.StatusBadRequest)
+		return nil, false
+	}
+	for name := range q {
+		if !slices.Contains(known, name) {
+			msg := "unknown query parameter " + strconv.Quote(name) + " for " + r.Method
+			if len(known) > 0 {
+				msg += "; known: " + strings.Join(known, ", ")
+			}
+			http.Error(w, msg, http.StatusBadRequest)
+			return nil, false
+		}
+	}
+	return q, true
+}
+
+func (h *httpAPI) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	tooLarge := "request body larger than " + strconv.FormatInt(h.maxRequestBytes, 10) + " bytes (--max-request-bytes)"
+	if r.ContentLength > h.maxRequestBytes {
+		http.Error(w, tooLarge, http.StatusRequestEntityTooLarge)
+		return nil, false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxRequestBytes))
+	if err != nil {
+		var maxErr *http.MaxBytesError
+		if errors.As(err, &maxErr) {
+			http.Error(w, tooLarge, http.StatusRequestEntityTooLarge)
+		} else {
+			http.Error(w, "cannot read request body: "+err.Error(), http.StatusBadRequest)
+		}
+		return nil, false
+	}
+	return body, true
+}
+
+func parseMemberID(w http.ResponseWriter, s, usage string) (uint64, bool) {
+	id, err := strconv.ParseUint(s, 10, 64)
+	if err != nil || id == 0 {
+		http.Error(w, "member id must be a decimal number greater than 0, not "+strconv.Quote(s)+"; use "+usage, http.StatusBadRequest)
+		return 0, false
+	}
+	return id, true
+}
+
+// fail answers with the status that fits err.
+func (h *httpAPI) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, errTimeout), errors.Is(err, errNoLeader), errors.Is(err, errLeaderChanged), errors.Is(err, errStopping):
+		code = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
+	case errors.Is(err, errNoMember):
+		code = http.StatusNotFound
+	case errors.Is(err, errMemberExists), errors.Is(err, errMemberGone), errors.Is(err, errRejectedChange):
+		code = http.StatusBadRequest
+	case errors.Is(err, errLastMember):
+		code = http.StatusConflict
+	}
+	if code == http.StatusInternalServerError {
+		h.lg.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
+	}
+	http.Error(w, err.Error(), code)
+}

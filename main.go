@@ -1,0 +1,288 @@
+// Command raftexample is a replicated in-memory key-value server built on
+// etcd's raft, compatible with etcd's raftexample command line and HTTP API.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+type config struct {
+	id              uint64
+	cluster         []string
+	port            int
+	join            bool
+	listen          string
+	dataDir         string
+	snapshotCount   uint64
+	tick            time.Duration
+	electionTicks   int
+	requestTimeout  time.Duration
+	maxRequestBytes int64
+	logLevel        zapcore.Level
+}
+
+const envPrefix = "RAFTEXAMPLE_"
+
+// parseConfig reads flags, then RAFTEXAMPLE_* environment variables for the
+// flags not given; flags win.
+func parseConfig(args []string, getenv func(string) string, usage io.Writer) (config, error) {
+	fs := flag.NewFlagSet("raftexample", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	id := fs.Uint64("id", 1, "this node's id: its position (1-based) in --cluster")
+	cluster := fs.String("cluster", "http://127.0.0.1:9021", "comma-separated peer URLs of the initial members, in id order")
+	port := fs.Int("port", 9121, "port of the client HTTP API")
+	join := fs.Bool("join", false, "join an existing cluster (after POST /<id> on a member)")
+	listen := fs.String("listen", "127.0.0.1", "host or IP the client HTTP API listens on")
+	dataDir := fs.String("data-dir", ".", "directory holding raftexample-<id> (WAL) and raftexample-<id>-snap")
+	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
+	tick := fs.Int("tick", 100, "raft tick in milliseconds")
+	electionTicks := fs.Int("election-ticks", 10, "ticks without a leader before an election (heartbeat is 1 tick)")
+	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for the cluster before 503")
+	maxRequestBytes := fs.Int64("max-request-bytes", 1536*1024, "largest accepted request body in bytes")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {} // errors are reported in one line by the caller
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(usage, "Usage: raftexample [flags]\n\nEvery flag can also be set by an environment variable, e.g. --port by %sPORT; a flag given on the command line wins.\n\n", envPrefix)
+			fs.SetOutput(usage)
+			fs.PrintDefaults()
+		}
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected argument %q (flags start with --)", fs.Arg(0))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		env := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(env); v != "" && !given[f.Name] && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("invalid %s=%q: %w", env, v, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return config{}, envErr
+	}
+
+	cfg := config{
+		id: *id, port: *port, join: *join, listen: *listen, dataDir: *dataDir,
+		snapshotCount: *snapshotCount, tick: time.Duration(*tick) * time.Millisecond,
+		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
+	}
+	seen := map[string]bool{}
+	for _, u := range strings.Split(*cluster, ",") {
+		u = strings.TrimSpace(u)
+		if err := validatePeerURL(u); err != nil {
+			return config{}, fmt.Errorf("invalid --cluster: %w", err)
+		}
+		if seen[u] {
+			return config{}, fmt.Errorf("invalid --cluster: %s is listed twice", u)
+		}
+		seen[u] = true
+		cfg.cluster = append(cfg.cluster, u)
+	}
+	lvl, err := zapcore.ParseLevel(*logLevel)
+	if err != nil {
+		return config{}, fmt.Errorf("invalid --log-level %q: use debug, info, warn or error", *logLevel)
+	}
+	cfg.logLevel = lvl
+	switch {
+	case cfg.id == 0 || cfg.id > uint64(len(cfg.cluster)):
+		return config{}, fmt.Errorf("invalid --id %d: --cluster lists %d URL(s), so --id must be 1..%d", cfg.id, len(cfg.cluster), len(cfg.cluster))
+	case cfg.port < 0 || cfg.port > 65535:
+		return config{}, fmt.Errorf("invalid --port %d: must be 0..65535", cfg.port)
+	case cfg.listen == "":
+		return config{}, errors.New("invalid --listen: must name a host or IP")
+	case cfg.dataDir == "":
+		return config{}, errors.New("invalid --data-dir: must not be empty")
+	case cfg.snapshotCount == 0:
+		return config{}, errors.New("invalid --snapshot-count 0: must be at least 1")
+	case *tick < 1:
+		return config{}, fmt.Errorf("invalid --tick %d: must be at least 1 ms", *tick)
+	case cfg.electionTicks < 2:
+		return config{}, fmt.Errorf("invalid --election-ticks %d: must be at least 2 (heartbeat is 1 tick)", cfg.electionTicks)
+	case cfg.requestTimeout <= 0:
+		return config{}, fmt.Errorf("invalid --request-timeout %v: must be positive", cfg.requestTimeout)
+	case cfg.maxRequestBytes < 1 || cfg.maxRequestBytes > 64<<20:
+		return config{}, fmt.Errorf("invalid --max-request-bytes %d: must be 1..%d", cfg.maxRequestBytes, 64<<20)
+	}
+	return cfg, nil
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "raftexample: %v (see raftexample --help)\n", err)
+		return 2
+	}
+	lg := newLogger(cfg.logLevel, stderr)
+	defer lg.Sync()
+
+	s, err := startServer(lg, cfg)
+	if err != nil {
+		fmt.Fprintf(stderr, "raftexample: %v\n", err)
+		if errors.Is(err, errWrongNode) {
+			return 2
+		}
+		return 1
+	}
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigc)
+	select {
+	case sig := <-sigc:
+		lg.Info("signal received; shutting down", zap.Stringer("signal", sig))
+		go func() {
+			<-sigc
+			lg.Warn("second signal; exiting now")
+			os.Exit(1)
+		}()
+	case <-s.removed:
+		lg.Info("this member was removed from the cluster; exiting")
+	}
+	s.stop()
+	lg.Info("stopped")
+	return 0
+}
+
+func newLogger(level zapcore.Level, w io.Writer) *zap.Logger {
+	enc := zap.NewProductionEncoderConfig()
+	enc.EncodeTime = zapcore.ISO8601TimeEncoder
+	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), level)
+	return zap.New(core, zap.AddCaller())
+}
+
+// server wires the pieces: HTTP API -> kvstore -> proposeC -> raftNode ->
+// commitC -> kvstore.
+type server struct {
+	lg      *zap.Logger
+	cfg     config
+	kv      *kvstore
+	rn      *raftNode
+	api     *http.Server
+	apiLn   net.Listener
+	removed chan struct{} // closed when this member learns it was removed
+
+	stopc    chan struct{} // closed by stop
+	stopOnce sync.Once
+	wg       sync.WaitGroup // API server and the removal watcher
+}
+
+func startServer(lg *zap.Logger, cfg config) (*server, error) {
+	lg = lg.With(zap.Uint64("member", cfg.id))
+	peerURL, _ := url.Parse(cfg.cluster[cfg.id-1])
+	peerLn, err := newStoppableListener(peerURL.Host)
+	if err != nil {
+		return nil, fmt.Errorf("peer listener for %s: %w", peerURL, err)
+	}
+	apiLn, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
+	if err != nil {
+		peerLn.Close()
+		return nil, fmt.Errorf("client API listener: %w", err)
+	}
+
+	proposeC := make(chan proposal, 4096)
+	base := filepath.Join(cfg.dataDir, "raftexample-"+strconv.FormatUint(cfg.id, 10))
+	rn, err := newRaftNode(lg, raftConfig{
+		id: cfg.id, peers: cfg.cluster, join: cfg.join,
+		waldir: base, snapdir: base + "-snap",
+		tick: cfg.tick, electionTicks: cfg.electionTicks,
+		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount,
+	}, proposeC)
+	if err != nil {
+		peerLn.Close()
+		apiLn.Close()
+		return nil, err
+	}
+	kv := newKVStore(lg, cfg.id, cfg.snapshotCount, proposeC)
+	kv.start(rn, rn.commitC)
+	if err := rn.start(kv.isRemoved, peerLn); err != nil {
+		peerLn.Close()
+		apiLn.Close()
+		rn.stop()
+		kv.stop()
+		rn.close()
+		return nil, err
+	}
+
+	s := &server{
+		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,
+		removed: make(chan struct{}),
+		stopc:   make(chan struct{}),
+		api: &http.Server{
+			Handler:           &httpAPI{lg: lg, store: kv, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes},
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          zap.NewStdLog(lg),
+		},
+	}
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		if err := s.api.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			lg.Error("client API server stopped", zap.Error(err))
+		}
+	}()
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-kv.removedSelf:
+		case <-rn.removedC:
+		case <-s.stopc:
+			return
+		}
+		close(s.removed)
+	}()
+	lg.Info("serving", zap.String("client-url", "http://"+apiLn.Addr().String()), zap.String("peer-url", cfg.cluster[cfg.id-1]),
+		zap.Strings("cluster", cfg.cluster), zap.Bool("join", cfg.join), zap.String("data-dir", base))
+	return s, nil
+}
+
+// addr is the client API's address (useful with --port 0).
+func (s *server) addr() string { return s.apiLn.Addr().String() }
+
+// stop shuts down gracefully: no new requests, in-flight ones finish (or
+// fail by their timeout), then raft, the state machine and the WAL stop.
+func (s *server) stop() {
+	s.stopOnce.Do(func() {
+		close(s.stopc)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.requestTimeout+2*time.Second)
+		if err := s.api.Shutdown(ctx); err != nil {
+			s.lg.Warn("in-flight requests did not finish; closing their connections", zap.Error(err))
+			s.api.Close()
+		}
+		cancel()
+		s.rn.stop()
+		s.kv.stop()
+		s.rn.close()
+		s.wg.Wait()
+	})
+}

@@ -1,0 +1,712 @@
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	stats "go.etcd.io/etcd/server/v3/etcdserver/api/v2stats"
+	"go.etcd.io/etcd/server/v3/storage/wal"
+	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+const (
+	// clusterID is checked by rafthttp on every peer request. It is fixed so
+	// that a node started with --join speaks to the cluster it joins.
+	clusterID = 0x1000
+
+	maxBatchRecords  = 1024    // op records packed into one raft entry
+	maxBatchBytes    = 1 << 20 // bytes packed into one raft entry (one record may exceed it)
+	readRetryEvery   = 500 * time.Millisecond
+	maxCatchUpWindow = 5000 // entries kept in the log after a snapshot for slow followers
+	snapFilesKept    = 3
+	walFilesKept     = 5
+)
+
+var errWrongNode = errors.New("data directory belongs to another node")
+
+type raftConfig struct {
+	id             uint64
+	peers          []string // --cluster, index i is member i+1
+	join           bool
+	waldir         string
+	snapdir        string
+	tick           time.Duration
+	electionTicks  int
+	requestTimeout time.Duration
+	snapshotCount  uint64
+}
+
+// raftNode drives etcd's raft library: it persists to the WAL and snapshot
+// files, talks to peers through rafthttp, and hands committed entries to the
+// state machine on commitC.
+type raftNode struct {
+	cfg raftConfig
+	lg  *zap.Logger
+
+	proposeC <-chan proposal // from the state machine; read by proposeLoop
+	commitC  chan *commit    // to the state machine; closed when readyLoop ends
+
+	node        raft.Node
+	raftStorage *raft.MemoryStorage
+	snapshotter *snap.Snapshotter
+	transport   *rafthttp.Transport
+	peerServer  *http.Server
+	isRemoved   func(id uint64) bool
+
+	// snapMu serializes snapshot persistence (a snapshot from the leader in
+	// readyLoop, our own from the state machine's snapshot goroutine) and
+	// guards wal against use after stop closed it.
+	snapMu    sync.Mutex
+	wal       *wal.WAL
+	walClosed bool
+	// startSnap is the snapshot loaded at start, published first on commitC.
+	startSnap *raftpb.Snapshot
+	newWAL    bool // the WAL was created by this start: a new member
+	// stopCtx is cancelled by stop; it bounds raft calls made for requests.
+	stopCtx    context.Context
+	cancelStop context.CancelFunc
+
+	lead atomic.Uint64 // current leader id as last seen in a Ready, 0 if none
+
+	readReqC   chan chan<- readResult // ReadIndex requests; served in batches by readLoop
+	readStateC chan raft.ReadState    // ReadIndex answers from readyLoop to readLoop
+	readSeq    atomic.Uint64          // makes every ReadIndex request context unique
+
+	stopc    chan struct{} // closed by stop: every goroutine below returns
+	removedC chan struct{} // closed when a peer tells us we were removed
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+}
+
+type readResult struct {
+	index uint64
+	err   error
+}
+
+// newRaftNode opens (or creates) the WAL and snapshot directory and replays
+// them into raft's in-memory log. Nothing runs until start.
+func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raftNode, error) {
+	rc := &raftNode{
+		cfg:         cfg,
+		lg:          lg,
+		proposeC:    proposeC,
+		commitC:     make(chan *commit, 64),
+		raftStorage: raft.NewMemoryStorage(),
+		readReqC:    make(chan chan<- readResult, 1024),
+		readStateC:  make(chan raft.ReadState, 64),
+		stopc:       make(chan struct{}),
+		removedC:    make(chan struct{}),
+	}
+	rc.stopCtx, rc.cancelStop = context.WithCancel(context.Background())
+	if err := fileutil.TouchDirAll(lg, cfg.snapdir); err != nil {
+		return nil, fmt.Errorf("create snapshot dir %s: %w", cfg.snapdir, err)
+	}
+	rc.snapshotter = snap.New(lg, cfg.snapdir)
+	if err := rc.openWAL(); err != nil {
+		return nil, err
+	}
+	return rc, nil
+}
+
+func walMetadata(id uint64) []byte {
+	return []byte("raftexample node-id=" + strconv.FormatUint(id, 10))
+}
+
+func (rc *raftNode) openWAL() error {
+	if !wal.Exist(rc.cfg.waldir) {
+		if err := os.MkdirAll(filepath.Dir(rc.cfg.waldir), 0o750); err != nil {
+			return fmt.Errorf("create data dir: %w", err)
+		}
+		w, err := wal.Create(rc.lg, rc.cfg.waldir, walMetadata(rc.cfg.id))
+		if err != nil {
+			return fmt.Errorf("create wal %s: %w", rc.cfg.waldir, err)
+		}
+		rc.wal = w
+		rc.newWAL = true
+		return nil
+	}
+
+	walSnaps, err := wal.ValidSnapshotEntries(rc.lg, rc.cfg.waldir)
+	if err != nil {
+		return fmt.Errorf("list snapshots recorded in wal %s: %w", rc.cfg.waldir, err)
+	}
+	snapshot, err := rc.snapshotter.LoadNewestAvailable(walSnaps)
+	if err != nil && !errors.Is(err, snap.ErrNoSnapshot) {
+		return fmt.Errorf("load snapshot from %s: %w", rc.cfg.snapdir, err)
+	}
+	start := &walpb.Snapshot{Index: new(uint64(0)), Term: new(uint64(0))}
+	if snapshot != nil {
+		start = &walpb.Snapshot{Index: new(snapshot.GetMetadata().GetIndex()), Term: new(snapshot.GetMetadata().GetTerm())}
+	}
+
+	var (
+		meta []byte
+		st   *raftpb.HardState
+		ents []*raftpb.Entry
+	)
+	for repaired := false; ; repaired = true {
+		w, err := wal.Open(rc.lg, rc.cfg.waldir, start)
+		if err != nil {
+			return fmt.Errorf("open wal %s: %w", rc.cfg.waldir, err)
+		}
+		meta, st, ents, err = w.ReadAll()
+		if err == nil {
+			rc.wal = w
+			break
+		}
+		w.Close()
+		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("read wal %s: %w", rc.cfg.waldir, err)
+		}
+		rc.lg.Warn("wal ends in a torn write (crash during a write); repairing", zap.String("dir", rc.cfg.waldir))
+		if !wal.Repair(rc.lg, rc.cfg.waldir) {
+			return fmt.Errorf("repair wal %s: %w", rc.cfg.waldir, err)
+		}
+	}
+	if want := walMetadata(rc.cfg.id); string(meta) != string(want) {
+		rc.wal.Close()
+		return fmt.Errorf("%w: %s holds %q, not %q", errWrongNode, rc.cfg.waldir, meta, want)
+	}
+
+	if snapshot != nil {
+		if err := rc.raftStorage.ApplySnapshot(snapshot); err != nil {
+			return fmt.Errorf("load snapshot into raft log: %w", err)
+		}
+		rc.startSnap = snapshot
+	}
+	if err := rc.raftStorage.SetHardState(st); err != nil {
+		return fmt.Errorf("load hard state: %w", err)
+	}
+	if err := rc.raftStorage.Append(ents); err != nil {
+		return fmt.Errorf("load wal entries: %w", err)
+	}
+	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
+		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
+	return nil
+}
+
+// start launches raft, then the peer transport (which steps messages into
+// raft), then the loops. The peer listener is already bound, so a port
+// conflict was reported before this.
+func (rc *raftNode) start(isRemoved func(uint64) bool, peerLn *stoppableListener) error {
+	rc.isRemoved = isRemoved
+	c := &raft.Config{
+		ID:                        rc.cfg.id,
+		ElectionTick:              rc.cfg.electionTicks,
+		HeartbeatTick:             1,
+		Storage:                   rc.raftStorage,
+		Applied:                   rc.startSnap.GetMetadata().GetIndex(),
+		MaxSizePerMsg:             1 << 20,
+		MaxInflightMsgs:           256,
+		MaxUncommittedEntriesSize: 1 << 30,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		StepDownOnRemoval:         true,
+		Logger:                    &raftLogger{s: rc.lg.Named("raft").WithOptions(zap.AddCallerSkip(1)).Sugar()},
+	}
+	switch {
+	case rc.newWAL && !rc.cfg.join:
+		peers := make([]raft.Peer, len(rc.cfg.peers))
+		for i, u := range rc.cfg.peers {
+			peers[i] = raft.Peer{ID: uint64(i + 1), Context: []byte(u)}
+		}
+		rc.node = raft.StartNode(c, peers)
+	default:
+		// A restart, or a fresh node joining: the leader sends it the log
+		// (or a snapshot) including the membership.
+		rc.node = raft.RestartNode(c)
+	}
+
+	rc.transport = &rafthttp.Transport{
+		Logger:             rc.lg,
+		ID:                 types.ID(rc.cfg.id),
+		ClusterID:          clusterID,
+		Raft:               rc,
+		ServerStats:        stats.NewServerStats("", ""),
+		LeaderStats:        stats.NewLeaderStats(rc.lg, strconv.FormatUint(rc.cfg.id, 10)),
+		ErrorC:             make(chan error, 1),
+		DialRetryFrequency: rate.Every(100 * time.Millisecond),
+	}
+	if err := rc.transport.Start(); err != nil {
+		return fmt.Errorf("start peer transport: %w", err)
+	}
+	for i, u := range rc.cfg.peers {
+		if id := uint64(i + 1); id != rc.cfg.id {
+			rc.transport.AddPeer(types.ID(id), []string{u})
+		}
+	}
+	rc.peerServer = &http.Server{Handler: rc.transport.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	rc.wg.Add(1)
+	go func() {
+		defer rc.wg.Done()
+		if err := rc.peerServer.Serve(peerLn); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, errListenerStopped) {
+			rc.lg.Error("peer server stopped", zap.Error(err))
+		}
+	}()
+
+	rc.wg.Add(3)
+	go func() { defer rc.wg.Done(); rc.readyLoop() }()
+	go func() { defer rc.wg.Done(); rc.proposeLoop() }()
+	go func() { defer rc.wg.Done(); rc.readLoop() }()
+	return nil
+}
+
+// stop ends raft's loops; commitC is closed when it returns. The state
+// machine then finishes applying (it may still call raftHooks) before close.
+func (rc *raftNode) stop() {
+	rc.stopOnce.Do(func() {
+		close(rc.stopc)
+		rc.cancelStop()
+		if rc.peerServer != nil {
+			rc.peerServer.Close()
+		}
+		rc.wg.Wait()
+	})
+}
+
+// close stops the transport and raft and closes the WAL. Call after stop and
+// after the state machine has stopped.
+func (rc *raftNode) close() {
+	rc.stop()
+	if rc.transport != nil {
+		rc.transport.Stop()
+	}
+	if rc.node != nil {
+		rc.node.Stop()
+	}
+	rc.snapMu.Lock()
+	defer rc.snapMu.Unlock()
+	if !rc.walClosed {
+		rc.walClosed = true
+		if err := rc.wal.Close(); err != nil {
+			rc.lg.Warn("close wal", zap.Error(err))
+		}
+	}
+}
+
+// readyLoop is raft's driver: it ticks, persists each Ready, sends its
+// messages and publishes committed entries. It is the only sender on commitC.
+func (rc *raftNode) readyLoop() {
+	defer close(rc.commitC)
+	if rc.startSnap != nil {
+		select {
+		case rc.commitC <- &commit{snapshot: rc.startSnap}:
+		case <-rc.stopc:
+			return
+		}
+	}
+	ticker := time.NewTicker(rc.cfg.tick)
+	defer ticker.Stop()
+	isLeader := false
+	for {
+		select {
+		case <-ticker.C:
+			rc.node.Tick()
+		case err := <-rc.transport.ErrorC:
+			rc.lg.Warn("a peer reports that this member was removed from the cluster", zap.Error(err))
+			close(rc.removedC)
+			<-rc.stopc
+			return
+		case <-rc.stopc:
+			return
+		case rd := <-rc.node.Ready():
+			leaderChanged := false
+			if rd.SoftState != nil {
+				old := rc.lead.Swap(rd.SoftState.Lead)
+				leaderChanged = old != 0 && old != rd.SoftState.Lead
+				isLeader = rd.SoftState.RaftState == raft.StateLeader
+				if old != rd.SoftState.Lead {
+					rc.lg.Info("leader changed", zap.Uint64("from", old), zap.Uint64("to", rd.SoftState.Lead), zap.Stringer("state", rd.SoftState.RaftState))
+				}
+			}
+			// The leader may send while it writes its own log (raft thesis
+			// 10.2.1); followers must persist before they acknowledge.
+			if isLeader {
+				rc.transport.Send(rc.prepareMessages(rd.Messages))
+			}
+			var snapToApply *raftpb.Snapshot
+			if !raft.IsEmptySnap(rd.Snapshot) {
+				rc.snapMu.Lock()
+				rc.persistSnapshot(rd.Snapshot)
+				snapToApply = rd.Snapshot
+			}
+			if err := rc.wal.Save(rd.HardState, rd.Entries); err != nil {
+				rc.lg.Fatal("cannot write to the wal; stopping rather than risk losing acknowledged writes", zap.Error(err))
+			}
+			if snapToApply != nil {
+				if err := rc.raftStorage.ApplySnapshot(snapToApply); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+					rc.lg.Fatal("apply snapshot to raft log", zap.Error(err))
+				}
+				rc.releaseWAL(snapToApply.GetMetadata().GetIndex())
+				rc.snapMu.Unlock()
+				rc.lg.Info("installed snapshot from leader", zap.Uint64("index", snapToApply.GetMetadata().GetIndex()))
+			}
+			if err := rc.raftStorage.Append(rd.Entries); err != nil {
+				rc.lg.Fatal("append to raft log", zap.Error(err))
+			}
+			if !isLeader {
+				rc.transport.Send(rc.prepareMessages(rd.Messages))
+			}
+			for _, rs := range rd.ReadStates {
+				select {
+				case rc.readStateC <- rs:
+				default: // readLoop retries with a new context
+				}
+			}
+			if !rc.publish(snapToApply, rd.CommittedEntries, leaderChanged) {
+				return
+			}
+			rc.node.Advance()
+		}
+	}
+}
+
+// publish hands committed entries to the state machine. When they include a
+// membership change it waits for the apply, so raft's view of the membership
+// is current before it accepts the next change.
+func (rc *raftNode) publish(snapshot *raftpb.Snapshot, ents []*raftpb.Entry, leaderChanged bool) bool {
+	if snapshot == nil && len(ents) == 0 && !leaderChanged {
+		return true
+	}
+	c := &commit{snapshot: snapshot, entries: ents, leaderChanged: leaderChanged}
+	if slices.ContainsFunc(ents, func(e *raftpb.Entry) bool { return e.GetType() != raftpb.EntryNormal }) {
+		c.applied = make(chan struct{})
+	}
+	select {
+	case rc.commitC <- c:
+	case <-rc.stopc:
+		return false
+	}
+	if c.applied != nil {
+		select {
+		case <-c.applied:
+		case <-rc.stopc:
+			return false
+		}
+	}
+	return true
+}
+
+// prepareMessages drops messages to members that are gone; rafthttp would
+// only log them.
+func (rc *raftNode) prepareMessages(ms []*raftpb.Message) []*raftpb.Message {
+	return slices.DeleteFunc(ms, func(m *raftpb.Message) bool { return rc.isRemoved(m.GetTo()) })
+}
+
+// persistSnapshot writes a snapshot file, then its WAL record. Caller holds snapMu.
+func (rc *raftNode) persistSnapshot(s *raftpb.Snapshot) {
+	if err := rc.snapshotter.SaveSnap(s); err != nil {
+		rc.lg.Fatal("cannot save snapshot file", zap.Error(err))
+	}
+	md := s.GetMetadata()
+	if err := rc.wal.SaveSnapshot(&walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}); err != nil {
+		rc.lg.Fatal("cannot record snapshot in the wal", zap.Error(err))
+	}
+}
+
+// saveSnapshot persists a snapshot the state machine made at index and
+// compacts the log behind it. Called from the state machine's snapshot
+// goroutine; never blocks the ready loop except while a file is written.
+func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte) error {
+	rc.snapMu.Lock()
+	defer rc.snapMu.Unlock()
+	if rc.walClosed {
+		return errStopping
+	}
+	s, err := rc.raftStorage.CreateSnapshot(index, cs, data)
+	if errors.Is(err, raft.ErrSnapOutOfDate) {
+		return nil // a newer snapshot from the leader got here first
+	}
+	if err != nil {
+		return fmt.Errorf("create snapshot at %d: %w", index, err)
+	}
+	rc.persistSnapshot(s)
+	keep := min(uint64(maxCatchUpWindow), rc.cfg.snapshotCount)
+	if index > keep {
+		if err := rc.raftStorage.Compact(index - keep); err != nil && !errors.Is(err, raft.ErrCompacted) {
+			return fmt.Errorf("compact raft log: %w", err)
+		}
+	}
+	rc.releaseWAL(index)
+	return nil
+}
+
+// releaseWAL lets go of WAL segments and snapshot files older than index.
+// Caller holds snapMu.
+func (rc *raftNode) releaseWAL(index uint64) {
+	if err := rc.wal.ReleaseLockTo(index); err != nil {
+		rc.lg.Warn("release wal segments", zap.Error(err))
+	}
+	purgeFiles(rc.lg, rc.cfg.waldir, ".wal", walFilesKept, true)
+	purgeFiles(rc.lg, rc.cfg.snapdir, ".snap", snapFilesKept, false)
+}
+
+// purgeFiles removes all but the newest keep files with suffix in dir. WAL
+// segments still locked by the open WAL are kept.
+func purgeFiles(lg *zap.Logger, dir, suffix string, keep int, locked bool) {
+	names, err := fileutil.ListFiles(dir, func(n string) bool { return strings.HasSuffix(n, suffix) })
+	if err != nil {
+		lg.Warn("list files to purge", zap.String("dir", dir), zap.Error(err))
+		return
+	}
+	slices.Sort(names) // names sort by sequence/term-index, oldest first
+	for _, path := range names[:max(0, len(names)-keep)] {
+		if locked {
+			l, err := fileutil.TryLockFile(path, os.O_WRONLY, fileutil.PrivateFileMode)
+			if err != nil {
+				return // still in use, and so is everything newer
+			}
+			err = os.Remove(path)
+			l.Close()
+			if err != nil {
+				lg.Warn("purge file", zap.String("path", path), zap.Error(err))
+			}
+			continue
+		}
+		if err := os.Remove(path); err != nil {
+			lg.Warn("purge file", zap.String("path", path), zap.Error(err))
+		}
+	}
+}
+
+// proposeLoop feeds proposals to raft, packing every write waiting in
+// proposeC into one entry so one Ready and one fsync carry them all.
+func (rc *raftNode) proposeLoop() {
+	var held *proposal // a membership change met while batching writes
+	for {
+		var p proposal
+		if held != nil {
+			p, held = *held, nil
+		} else {
+			select {
+			case p = <-rc.proposeC:
+			case <-rc.stopc:
+				return
+			}
+		}
+		if p.cc != nil {
+			if p.ctx.Err() != nil {
+				continue // the requester gave up (and was told the outcome is unknown)
+			}
+			err := rc.withDeadline(func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, p.cc) })
+			if err != nil {
+				p.done(proposeError(err))
+			}
+			continue
+		}
+		var batch []proposal
+		size := 0
+		add := func(q proposal) {
+			if q.ctx.Err() == nil { // else the requester gave up (and was told the outcome is unknown)
+				batch = append(batch, q)
+				size += len(q.data)
+			}
+		}
+		add(p)
+	drain:
+		for len(batch) < maxBatchRecords && size < maxBatchBytes {
+			select {
+			case q := <-rc.proposeC:
+				if q.cc != nil {
+					held = &q
+					break drain
+				}
+				add(q)
+			default:
+				break drain
+			}
+		}
+		if len(batch) == 0 {
+			continue
+		}
+		data := batch[0].data
+		if len(batch) > 1 {
+			data = make([]byte, 0, size)
+			for _, q := range batch {
+				data = append(data, q.data...)
+			}
+		}
+		err := rc.withDeadline(func(ctx context.Context) error { return rc.node.Propose(ctx, data) })
+		if err != nil {
+			err = proposeError(err)
+			for _, q := range batch {
+				q.done(err)
+			}
+		}
+	}
+}
+
+// withDeadline runs a raft call bounded by the request timeout and by stop.
+// Propose blocks while there is no leader; the deadline ends that wait.
+func (rc *raftNode) withDeadline(call func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(rc.stopCtx, rc.cfg.requestTimeout)
+	defer cancel()
+	return call(ctx)
+}
+
+func proposeError(err error) error {
+	switch {
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return errNoLeader
+	case errors.Is(err, raft.ErrStopped):
+		return errStopping
+	case errors.Is(err, raft.ErrProposalDropped):
+		return errNoLeader
+	}
+	return fmt.Errorf("propose: %w", err)
+}
+
+// readIndex returns an index such that applying up to it makes a read
+// linearizable. Concurrent callers share one ReadIndex round.
+func (rc *raftNode) readIndex(ctx context.Context) (uint64, error) {
+	ch := make(chan readResult, 1)
+	select {
+	case rc.readReqC <- ch:
+	case <-ctx.Done():
+		return 0, errTimeout
+	case <-rc.stopc:
+		return 0, errStopping
+	}
+	select {
+	case r := <-ch:
+		return r.index, r.err
+	case <-ctx.Done():
+		return 0, errTimeout
+	}
+}
+
+// readLoop serves ReadIndex requests: all requests that arrive while a round
+// is in flight are answered together by the next round.
+func (rc *raftNode) readLoop() {
+	for {
+		var batch []chan<- readResult
+		select {
+		case ch := <-rc.readReqC:
+			batch = append(batch, ch)
+		case <-rc.stopc:
+			return
+		}
+	drain:
+		for {
+			select {
+			case ch := <-rc.readReqC:
+				batch = append(batch, ch)
+			default:
+				break drain
+			}
+		}
+		index, err := rc.readIndexRound()
+		for _, ch := range batch {
+			ch <- readResult{index: index, err: err}
+		}
+	}
+}
+
+// readIndexRound asks raft for the commit index confirmed by a quorum,
+// retrying with a fresh request context when raft drops the request (no
+// leader yet, leader changed), until requestTimeout passes.
+func (rc *raftNode) readIndexRound() (uint64, error) {
+	deadline := time.NewTimer(rc.cfg.requestTimeout)
+	defer deadline.Stop()
+	retry := time.NewTicker(readRetryEvery)
+	defer retry.Stop()
+	for {
+		rctx := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, rc.cfg.id), rc.readSeq.Add(1))
+		ctx, cancel := context.WithTimeout(context.Background(), readRetryEvery)
+		err := rc.node.ReadIndex(ctx, rctx)
+		cancel()
+		if errors.Is(err, raft.ErrStopped) {
+			return 0, errStopping
+		}
+	wait:
+		for {
+			select {
+			case rs := <-rc.readStateC:
+				if string(rs.RequestCtx) == string(rctx) {
+					return rs.Index, nil
+				}
+				// an answer to an earlier attempt: stale, keep waiting
+			case <-retry.C:
+				break wait
+			case <-deadline.C:
+				if rc.lead.Load() == 0 {
+					return 0, errNoLeader
+				}
+				return 0, errTimeout
+			case <-rc.stopc:
+				return 0, errStopping
+			}
+		}
+	}
+}
+
+// The rafthttp.Raft interface: how the transport reaches raft.
+
+func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
+	return rc.node.Step(ctx, m)
+}
+func (rc *raftNode) IsIDRemoved(id uint64) bool { return rc.isRemoved(id) }
+func (rc *raftNode) ReportUnreachable(id uint64) {
+	rc.node.ReportUnreachable(id)
+}
+func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
+	rc.node.ReportSnapshot(id, status)
+}
+
+// The raftHooks interface: what the state machine asks of raft.
+
+func (rc *raftNode) applyConfChange(cc *raftpb.ConfChange) *raftpb.ConfState {
+	return rc.node.ApplyConfChange(cc)
+}
+
+func (rc *raftNode) setPeer(id uint64, peerURL string) {
+	if rc.transport.Get(types.ID(id)) == nil {
+		rc.transport.AddPeer(types.ID(id), []string{peerURL})
+		return
+	}
+	rc.transport.UpdatePeer(types.ID(id), []string{peerURL})
+}
+
+func (rc *raftNode) removePeer(id uint64) {
+	rc.transport.RemovePeer(types.ID(id))
+}
+
+// leader returns the current leader's id, 0 if none is known.
+func (rc *raftNode) leader() uint64 { return rc.lead.Load() }
+
+// raftLogger adapts zap to raft's logger.
+type raftLogger struct{ s *zap.SugaredLogger }
+
+func (l *raftLogger) Debug(v ...any)                   { l.s.Debug(v...) }
+func (l *raftLogger) Debugf(format string, v ...any)   { l.s.Debugf(format, v...) }
+func (l *raftLogger) Info(v ...any)                    { l.s.Info(v...) }
+func (l *raftLogger) Infof(format string, v ...any)    { l.s.Infof(format, v...) }
+func (l *raftLogger) Warning(v ...any)                 { l.s.Warn(v...) }
+func (l *raftLogger) Warningf(format string, v ...any) { l.s.Warnf(format, v...) }
+func (l *raftLogger) Error(v ...any)                   { l.s.Error(v...) }
+func (l *raftLogger) Errorf(format string, v ...any)   { l.s.Errorf(format, v...) }
+func (l *raftLogger) Fatal(v ...any)                   { l.s.Fatal(v...) }
+func (l *raftLogger) Fatalf(format string, v ...any)   { l.s.Fatalf(format, v...) }
+func (l *raftLogger) Panic(v ...any)                   { l.s.Panic(v...) }
+func (l *raftLogger) Panicf(format string, v ...any)   { l.s.Panicf(format, v...) }

@@ -1,0 +1,531 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testCluster runs members in this process on loopback: fixed peer ports
+// (they are in every member's --cluster), HTTP on port 0.
+type testCluster struct {
+	t     *testing.T
+	dir   string
+	peers []string
+	cfgs  []config
+	nodes []*server // nil while a member is stopped
+	log   *syncBuffer
+	lg    *zap.Logger
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func newTestCluster(t *testing.T, n int, mod func(*config)) *testCluster {
+	t.Helper()
+	c := &testCluster{t: t, dir: t.TempDir(), log: &syncBuffer{}}
+	c.lg = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()), zapcore.AddSync(c.log), zap.InfoLevel))
+	for i := 0; i < n; i++ {
+		c.peers = append(c.peers, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+	}
+	for i := 0; i < n; i++ {
+		c.addConfig(uint64(i+1), c.peers, false, mod)
+	}
+	t.Cleanup(func() {
+		c.stopAll()
+		if t.Failed() {
+			logs := c.log.String()
+			if len(logs) > 60000 {
+				logs = "...\n" + logs[len(logs)-60000:]
+			}
+			t.Logf("member logs:\n%s", logs)
+		}
+	})
+	for i := 0; i < n; i++ {
+		c.start(i)
+	}
+	return c
+}
+
+func (c *testCluster) addConfig(id uint64, peers []string, join bool, mod func(*config)) {
+	cfg := config{
+		id: id, cluster: peers, join: join, listen: "127.0.0.1", dataDir: c.dir,
+		snapshotCount: 10000, tick: 10 * time.Millisecond, electionTicks: 10,
+		requestTimeout: 3 * time.Second, maxRequestBytes: 1536 * 1024,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c.cfgs = append(c.cfgs, cfg)
+	c.nodes = append(c.nodes, nil)
+}
+
+func (c *testCluster) start(i int) {
+	c.t.Helper()
+	s, err := startServer(c.lg, c.cfgs[i])
+	if err != nil {
+		c.t.Fatalf("start member %d: %v", i+1, err)
+	}
+	c.nodes[i] = s
+}
+
+func (c *testCluster) stop(i int) {
+	if c.nodes[i] != nil {
+		c.nodes[i].stop()
+		c.nodes[i] = nil
+	}
+}
+
+func (c *testCluster) stopAll() {
+	var wg sync.WaitGroup
+	for i := range c.nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.stop(i) }()
+	}
+	wg.Wait()
+}
+
+func (c *testCluster) url(i int, path string) string { return "http://" + c.nodes[i].addr() + path }
+
+// leader waits until the running members agree on a leader and returns its index.
+func (c *testCluster) leader() int {
+	c.t.Helper()
+	var idx int
+	eventually(c.t, 10*time.Second, func() error {
+		var lead uint64
+		for _, s := range c.nodes {
+			if s == nil {
+				continue
+			}
+			l := s.rn.leader()
+			if l == 0 || (lead != 0 && l != lead) {
+				return fmt.Errorf("no agreed leader yet")
+			}
+			lead = l
+		}
+		idx = int(lead) - 1
+		if idx >= len(c.nodes) || c.nodes[idx] == nil {
+			return fmt.Errorf("leader %d is not running here", lead)
+		}
+		return nil
+	})
+	return idx
+}
+
+// httpClient opens a connection per request, so no idle connection outlives a test.
+var httpClient = &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+type response struct {
+	code   int
+	body   string
+	header http.Header
+}
+
+func do(t *testing.T, method, url, body string) response {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{resp.StatusCode, string(b), resp.Header}
+}
+
+func (c *testCluster) mustPut(i int, key, value string) {
+	c.t.Helper()
+	if r := do(c.t, "PUT", c.url(i, "/"+key), value); r.code != http.StatusNoContent {
+		c.t.Fatalf("PUT %s on member %d: %d %s", key, i+1, r.code, r.body)
+	}
+}
+
+func (c *testCluster) mustGet(i int, key, want string) {
+	c.t.Helper()
+	r := do(c.t, "GET", c.url(i, "/"+key), "")
+	if r.code != http.StatusOK || r.body != want {
+		c.t.Fatalf("GET %s on member %d: %d %q, want 200 %q", key, i+1, r.code, r.body, want)
+	}
+}
+
+// eventually polls fn until it returns nil or the timeout passes.
+func eventually(t *testing.T, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not true after %v: %v", timeout, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSingleNodePutGet(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	c.leader()
+	r := do(t, "PUT", c.url(0, "/my-key"), "hello")
+	if r.code != http.StatusNoContent || r.header.Get("X-Raft-Index") == "" {
+		t.Fatalf("PUT: %d %q index=%q", r.code, r.body, r.header.Get("X-Raft-Index"))
+	}
+	c.mustGet(0, "my-key", "hello")
+	c.mustPut(0, "my-key", "") // an empty value is a value
+	c.mustGet(0, "my-key", "")
+	if r := do(t, "GET", c.url(0, "/absent"), ""); r.code != http.StatusNotFound {
+		t.Fatalf("absent key: %d", r.code)
+	}
+	// The key is the decoded path, kept as is; the query string is not part of it.
+	c.mustPut(0, "a%20b/c%2Fd//e", "spaced")
+	c.mustGet(0, "a b/c/d//e", "spaced")
+	if r := do(t, "GET", c.url(0, "/a%20b/c/d//e?consistency=serializable"), ""); r.code != 200 || r.body != "spaced" {
+		t.Fatalf("serializable GET: %d %q", r.code, r.body)
+	}
+	if r := do(t, "HEAD", c.url(0, "/my-key"), ""); r.code != http.StatusOK {
+		t.Fatalf("HEAD: %d", r.code)
+	}
+}
+
+// Every write acknowledged by one member is seen at once by a linearizable
+// read on any other member, and eventually applied on all of them.
+func TestThreeNodesReadYourWritesAnywhere(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.leader()
+	for i := 0; i < 30; i++ {
+		key, val := "k"+strconv.Itoa(i), "v"+strconv.Itoa(i)
+		c.mustPut(i%3, key, val)
+		c.mustGet((i+1)%3, key, val)
+		c.mustGet((i+2)%3, key, val)
+	}
+	for n := 0; n < 3; n++ {
+		eventually(t, 5*time.Second, func() error {
+			r := do(t, "GET", c.url(n, "/k29?consistency=serializable"), "")
+			if r.code != 200 || r.body != "v29" {
+				return fmt.Errorf("member %d applied state: %d %q", n+1, r.code, r.body)
+			}
+			return nil
+		})
+	}
+}
+
+// concurrentWrites runs writers against random members and returns the
+// writes that were acknowledged; unacknowledged ones are ambiguous.
+func concurrentWrites(t *testing.T, c *testCluster, writers, perWriter int, prefix string) map[string]string {
+	var urls []string // captured now: members stopped later just refuse connections
+	for i := range c.nodes {
+		if c.nodes[i] != nil {
+			urls = append(urls, c.url(i, "/"))
+		}
+	}
+	acked := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < perWriter; i++ {
+				key := fmt.Sprintf("%s-%d-%d", prefix, w, i)
+				req, _ := http.NewRequest("PUT", urls[(w+i)%len(urls)]+key, strings.NewReader("val-"+key))
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusNoContent {
+					mu.Lock()
+					acked[key] = "val-" + key
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return acked
+}
+
+func TestRestartAllMembersKeepsAcknowledgedWrites(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.leader()
+	acked := concurrentWrites(t, c, 8, 25, "r")
+	if len(acked) < 150 {
+		t.Fatalf("only %d of 200 writes acknowledged on a healthy cluster", len(acked))
+	}
+	c.stopAll()
+	for i := range c.nodes {
+		c.start(i)
+	}
+	c.leader()
+	i := 0
+	for k, v := range acked {
+		c.mustGet(i%3, k, v)
+		i++
+	}
+}
+
+// A member that missed writes while the log was compacted catches up from a
+// snapshot; old snapshot files and the compacted log are let go.
+func TestSnapshotCatchUpAfterCompaction(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.snapshotCount = 20 })
+	lead := c.leader()
+	lagger := (lead + 1) % 3
+	c.stop(lagger)
+	other := 3 - lead - lagger
+	for i := 0; i < 150; i++ {
+		c.mustPut([]int{lead, other}[i%2], "s"+strconv.Itoa(i), strconv.Itoa(i))
+	}
+	snapDir := filepath.Join(c.dir, "raftexample-"+strconv.Itoa(lead+1)+"-snap")
+	eventually(t, 5*time.Second, func() error {
+		snaps, _ := filepath.Glob(filepath.Join(snapDir, "*.snap"))
+		if len(snaps) == 0 || len(snaps) > snapFilesKept {
+			return fmt.Errorf("leader has %d snapshot files, want 1..%d", len(snaps), snapFilesKept)
+		}
+		return nil
+	})
+	c.start(lagger)
+	eventually(t, 10*time.Second, func() error {
+		r := do(t, "GET", c.url(lagger, "/s149?consistency=serializable"), "")
+		if r.code != 200 || r.body != "149" {
+			return fmt.Errorf("lagging member: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	if !strings.Contains(c.log.String(), "installed snapshot from leader") {
+		t.Fatal("the lagging member caught up without a snapshot; the log was not compacted")
+	}
+	for i := 0; i < 150; i += 7 {
+		r := do(t, "GET", c.url(lagger, "/s"+strconv.Itoa(i)+"?consistency=serializable"), "")
+		if r.body != strconv.Itoa(i) {
+			t.Fatalf("s%d on the caught-up member: %d %q", i, r.code, r.body)
+		}
+	}
+	// Restarting from its own snapshot plus WAL keeps everything.
+	c.stop(lagger)
+	c.start(lagger)
+	c.mustGet(lagger, "s77", "77")
+}
+
+func TestAddAndRemoveMembers(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.snapshotCount = 25 })
+	c.leader()
+	for i := 0; i < 60; i++ { // enough for the newcomer to need a snapshot
+		c.mustPut(i%3, "m"+strconv.Itoa(i), strconv.Itoa(i))
+	}
+
+	newPeer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	if r := do(t, "POST", c.url(1, "/4"), newPeer); r.code != http.StatusNoContent {
+		t.Fatalf("POST /4: %d %s", r.code, r.body)
+	}
+	if r := do(t, "POST", c.url(0, "/4"), newPeer); r.code != http.StatusBadRequest {
+		t.Fatalf("adding member 4 twice: %d %s", r.code, r.body)
+	}
+	c.addConfig(4, append(append([]string{}, c.peers...), newPeer), true, func(cfg *config) { cfg.snapshotCount = 25 })
+	c.start(3)
+	eventually(t, 10*time.Second, func() error {
+		r := do(t, "GET", c.url(3, "/m59?consistency=serializable"), "")
+		if r.code != 200 || r.body != "59" {
+			return fmt.Errorf("new member: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	c.mustPut(3, "from-4", "yes")
+	c.mustGet(0, "from-4", "yes")
+
+	if r := do(t, "DELETE", c.url(0, "/3"), ""); r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /3: %d %s", r.code, r.body)
+	}
+	select {
+	case <-c.nodes[2].removed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("removed member 3 did not learn it was removed")
+	}
+	c.stop(2)
+	if r := do(t, "DELETE", c.url(0, "/3"), ""); r.code != http.StatusNotFound {
+		t.Fatalf("DELETE of a removed member: %d %s", r.code, r.body)
+	}
+	if r := do(t, "POST", c.url(0, "/3"), c.peers[2]); r.code != http.StatusBadRequest {
+		t.Fatalf("re-adding a removed id: %d %s", r.code, r.body)
+	}
+	// The removed member restarted on its old data stays out.
+	c.start(2)
+	select {
+	case <-c.nodes[2].removed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("restarted removed member did not stay out")
+	}
+	c.stop(2)
+	c.mustPut(1, "after-remove", "ok")
+	c.mustGet(3, "after-remove", "ok")
+	c.mustGet(0, "m0", "0")
+}
+
+func TestQuorumLossAnswers503(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.requestTimeout = time.Second })
+	c.leader()
+	c.mustPut(0, "before", "1")
+	c.stop(1)
+	c.stop(2)
+	for _, req := range [][2]string{{"PUT", "/during"}, {"GET", "/before"}} {
+		start := time.Now()
+		r := do(t, req[0], c.url(0, req[1]), "x")
+		if r.code != http.StatusServiceUnavailable || strings.TrimSpace(r.body) == "" {
+			t.Fatalf("%s %s without quorum: %d %q", req[0], req[1], r.code, r.body)
+		}
+		if took := time.Since(start); took > 5*time.Second {
+			t.Fatalf("%s without quorum took %v; the request timeout is 1s", req[0], took)
+		}
+	}
+	// A serializable read still answers from local state.
+	if r := do(t, "GET", c.url(0, "/before?consistency=serializable"), ""); r.code != 200 || r.body != "1" {
+		t.Fatalf("serializable read without quorum: %d %q", r.code, r.body)
+	}
+	c.start(1)
+	c.leader()
+	c.mustPut(0, "after", "2")
+	c.mustGet(1, "after", "2")
+	c.mustGet(0, "before", "1")
+}
+
+func TestBadInputGetsClearErrors(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.maxRequestBytes = 1024 })
+	c.leader()
+	cases := []struct {
+		method, path, body string
+		code               int
+	}{
+		{"POST", "/4", "not a url", 400},
+		{"POST", "/4", "ftp://127.0.0.1:1", 400},
+		{"POST", "/4", "http://127.0.0.1", 400},
+		{"POST", "/4", "http://127.0.0.1:1/path", 400},
+		{"POST", "/0", "http://127.0.0.1:1", 400},
+		{"POST", "/abc", "http://127.0.0.1:1", 400},
+		{"POST", "/-1", "http://127.0.0.1:1", 400},
+		{"POST", "/99999999999999999999999", "http://127.0.0.1:1", 400},
+		{"POST", "/1", "http://127.0.0.1:1", 400}, // already a member
+		{"DELETE", "/99", "", 404},
+		{"DELETE", "/x", "", 400},
+		{"DELETE", "/", "", 400},
+		{"PUT", "/", "v", 400},
+		{"GET", "/", "", 400},
+		{"PUT", "/big", strings.Repeat("x", 2000), 413},
+		{"PATCH", "/k", "", 405},
+		{"OPTIONS", "/k", "", 405},
+		{"GET", "/k?consistency=eventual", "", 400},
+		{"GET", "/k?bogus=1", "", 400},
+		{"PUT", "/k?consistency=serializable", "v", 400},
+		{"GET", "/k?a=%zz", "", 400},
+	}
+	for _, tc := range cases {
+		r := do(t, tc.method, c.url(0, tc.path), tc.body)
+		if r.code != tc.code {
+			t.Errorf("%s %s: %d %q, want %d", tc.method, tc.path, r.code, r.body, tc.code)
+		}
+		if tc.method != "HEAD" && (strings.Count(r.body, "\n") != 1 || len(r.body) < 10) {
+			t.Errorf("%s %s: error body should be one line that says what to do, got %q", tc.method, tc.path, r.body)
+		}
+		if tc.code == 405 && r.header.Get("Allow") == "" {
+			t.Errorf("%s %s: 405 without Allow", tc.method, tc.path)
+		}
+	}
+	// An invalid percent-encoding in the path is refused by the HTTP server.
+	conn, err := net.Dial("tcp", c.nodes[0].addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(conn, "GET /bad%%zz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	status, _ := io.ReadAll(conn)
+	conn.Close()
+	if !strings.HasPrefix(string(status), "HTTP/1.1 400") {
+		t.Errorf("invalid percent-encoding: %q", firstLine(string(status)))
+	}
+	// The cluster is untouched and keeps working.
+	for i := range c.nodes {
+		if m := c.nodes[i].kv.Members(); len(m) != 3 {
+			t.Fatalf("member %d sees membership %v", i+1, m)
+		}
+	}
+	c.mustPut(1, "k", "still works")
+	c.mustGet(2, "k", "still works")
+}
+
+func firstLine(s string) string { return strings.SplitN(s, "\n", 2)[0] }
+
+// Graceful stop answers requests that are in flight and leaves nothing
+// behind (goleak checks goroutines for the whole package).
+func TestGracefulStopWithRequestsInFlight(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.leader()
+	done := make(chan map[string]string)
+	go func() { done <- concurrentWrites(t, c, 4, 50, "g") }()
+	time.Sleep(100 * time.Millisecond)
+	c.stop(2) // a follower or the leader; the rest keeps a quorum
+	acked := <-done
+	c.start(2)
+	c.leader()
+	for k, v := range acked {
+		c.mustGet(2, k, v)
+	}
+}
+
+func TestWrongDataDirRefused(t *testing.T) {
+	c := newTestCluster(t, 1, nil)
+	c.leader()
+	c.stop(0)
+	// Move member 1's data where member 2 of a two-member cluster looks.
+	if err := os.Rename(filepath.Join(c.dir, "raftexample-1"), filepath.Join(c.dir, "raftexample-2")); err != nil {
+		t.Fatal(err)
+	}
+	cfg := c.cfgs[0]
+	cfg.id = 2
+	cfg.cluster = []string{"http://127.0.0.1:1", c.peers[0]}
+	_, err := startServer(c.lg, cfg)
+	if err == nil || !strings.Contains(err.Error(), "belongs to another node") {
+		t.Fatalf("started on another node's data: %v", err)
+	}
+}
