@@ -122,6 +122,9 @@ type proposal struct {
 	// done reports that raft refused the proposal; it is never called for a
 	// proposal that raft accepted (the apply of its entry answers those).
 	done func(error)
+	// accepted reports that raft took the proposal (appended it, or forwarded
+	// it to the leader): from then on a leader change may have dropped it.
+	accepted func()
 }
 
 // commit is what the raft node hands the state machine, in log order.
@@ -150,28 +153,41 @@ type applyResult struct {
 // entry, by request id. Safe for concurrent use.
 type waitRegistry struct {
 	mu sync.Mutex // guards m
-	m  map[uint64]chan applyResult
+	m  map[uint64]*waiter
+}
+
+type waiter struct {
+	ch       chan applyResult // buffered: trigger never blocks
+	accepted bool             // raft took the proposal
 }
 
 func (w *waitRegistry) register(id uint64) <-chan applyResult {
-	ch := make(chan applyResult, 1)
+	wt := &waiter{ch: make(chan applyResult, 1)}
 	w.mu.Lock()
 	if w.m == nil {
-		w.m = make(map[uint64]chan applyResult)
+		w.m = make(map[uint64]*waiter)
 	}
-	w.m[id] = ch
+	w.m[id] = wt
 	w.mu.Unlock()
-	return ch
+	return wt.ch
 }
 
 func (w *waitRegistry) trigger(id uint64, r applyResult) {
 	w.mu.Lock()
-	ch, ok := w.m[id]
+	wt, ok := w.m[id]
 	delete(w.m, id)
 	w.mu.Unlock()
 	if ok {
-		ch <- r
+		wt.ch <- r
 	}
+}
+
+func (w *waitRegistry) markAccepted(id uint64) {
+	w.mu.Lock()
+	if wt, ok := w.m[id]; ok {
+		wt.accepted = true
+	}
+	w.mu.Unlock()
 }
 
 func (w *waitRegistry) cancel(id uint64) {
@@ -180,13 +196,19 @@ func (w *waitRegistry) cancel(id uint64) {
 	w.mu.Unlock()
 }
 
-func (w *waitRegistry) failAll(err error) {
+// fail ends the waits that match (all of them if onlyAccepted is false).
+func (w *waitRegistry) fail(err error, onlyAccepted bool) {
 	w.mu.Lock()
-	m := w.m
-	w.m = nil
+	var failed []*waiter
+	for id, wt := range w.m {
+		if wt.accepted || !onlyAccepted {
+			failed = append(failed, wt)
+			delete(w.m, id)
+		}
+	}
 	w.mu.Unlock()
-	for _, ch := range m {
-		ch <- applyResult{err: err}
+	for _, wt := range failed {
+		wt.ch <- applyResult{err: err}
 	}
 }
 
@@ -263,10 +285,10 @@ func (s *kvstore) start(hooks raftHooks, commitC <-chan *commit) {
 // when the raft node closes commitC) and any snapshot in progress.
 func (s *kvstore) stop() {
 	close(s.stopc)
-	s.waits.failAll(errStopping)
+	s.waits.fail(errStopping, false)
 	s.wg.Wait()
 	s.snapWG.Wait()
-	s.waits.failAll(errStopping)
+	s.waits.fail(errStopping, false)
 }
 
 func (s *kvstore) applyCommit(c *commit) {
@@ -283,7 +305,9 @@ func (s *kvstore) applyCommit(c *commit) {
 	s.appliedCh = make(chan struct{})
 	s.mu.Unlock()
 	if c.leaderChanged {
-		s.waits.failAll(errLeaderChanged)
+		// What raft took under the old leader may have been dropped; what it
+		// has not taken yet waits for the new leader.
+		s.waits.fail(errLeaderChanged, true)
 	}
 	if c.applied != nil {
 		close(c.applied)
@@ -591,6 +615,7 @@ func (s *kvstore) propose(ctx context.Context, id uint64, p proposal) (uint64, e
 	ch := s.waits.register(id)
 	p.ctx = ctx
 	p.done = func(err error) { s.waits.trigger(id, applyResult{err: err}) }
+	p.accepted = func() { s.waits.markAccepted(id) }
 	select {
 	case s.proposeC <- p:
 	case <-ctx.Done():

@@ -96,9 +96,19 @@ func TestWaitRegistry(t *testing.T) {
 		t.Fatalf("cancelled wait got %+v", r)
 	default:
 	}
-	c := w.register(3)
-	w.failAll(errStopping)
-	if r := <-c; !errors.Is(r.err, errStopping) {
-		t.Fatalf("failAll: %+v", r)
+	c, d := w.register(3), w.register(4)
+	w.markAccepted(3)
+	w.fail(errLeaderChanged, true)
+	if r := <-c; !errors.Is(r.err, errLeaderChanged) {
+		t.Fatalf("accepted wait on leader change: %+v", r)
+	}
+	select {
+	case r := <-d:
+		t.Fatalf("a wait raft never took was failed on leader change: %+v", r)
+	default:
+	}
+	w.fail(errStopping, false)
+	if r := <-d; !errors.Is(r.err, errStopping) {
+		t.Fatalf("fail all: %+v", r)
 	}
 }

@@ -512,6 +512,8 @@ func (rc *raftNode) proposeLoop() {
 			err := rc.withDeadline(func(ctx context.Context) error { return rc.node.ProposeConfChange(ctx, p.cc) })
 			if err != nil {
 				p.done(proposeError(err))
+			} else {
+				p.accepted()
 			}
 			continue
 		}
@@ -548,10 +550,11 @@ func (rc *raftNode) proposeLoop() {
 			}
 		}
 		err := rc.withDeadline(func(ctx context.Context) error { return rc.node.Propose(ctx, data) })
-		if err != nil {
-			err = proposeError(err)
-			for _, q := range batch {
-				q.done(err)
+		for _, q := range batch {
+			if err != nil {
+				q.done(proposeError(err))
+			} else {
+				q.accepted()
 			}
 		}
 	}

@@ -1,0 +1,313 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Tests here run the real binary, for what only a process shows: exit
+// codes, signals, kill -9.
+
+var (
+	binDir   string
+	binPath  string
+	buildErr error
+	buildMu  sync.Mutex
+)
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if binPath == "" && buildErr == nil {
+		binDir, buildErr = os.MkdirTemp("", "raftexample-bin-")
+		if buildErr == nil {
+			binPath = filepath.Join(binDir, "raftexample")
+			out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+			if err != nil {
+				buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+			}
+		}
+	}
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+type proc struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	logs *syncBuffer
+	done chan struct{} // closed when the process has exited
+	err  error
+}
+
+func startProc(t *testing.T, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, cmd: exec.Command(buildBinary(t), args...), logs: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("output of %v:\n%s", args, tail(p.logs.String(), 20000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "...\n" + s[len(s)-n:]
+	}
+	return s
+}
+
+// exitCode waits for the process to exit and returns its exit code.
+func (p *proc) exitCode(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Fatalf("process did not exit within %v", timeout)
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func waitHTTP(t *testing.T, url string) {
+	t.Helper()
+	eventually(t, 15*time.Second, func() error {
+		resp, err := httpClient.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+}
+
+func TestProcessExitCodesAndSignals(t *testing.T) {
+	var errOut bytes.Buffer
+	cmd := exec.Command(buildBinary(t), "--id", "4", "--cluster", "http://127.0.0.1:1,http://127.0.0.1:2")
+	cmd.Stderr = &errOut
+	err := cmd.Run()
+	if cmd.ProcessState.ExitCode() != 2 || strings.Count(strings.TrimSpace(errOut.String()), "\n") != 0 {
+		t.Fatalf("--id beyond --cluster: %v, stderr %q", err, errOut.String())
+	}
+
+	dir := t.TempDir()
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	port := strconv.Itoa(freePort(t))
+	args := []string{"--cluster", peer, "--port", port, "--data-dir", dir, "--tick", "20"}
+	base := "http://127.0.0.1:" + port
+	p := startProc(t, args...)
+	waitHTTP(t, base+"/x")
+	if r := do(t, "PUT", base+"/survives", "sigterm"); r.code != http.StatusNoContent {
+		t.Fatalf("PUT: %d %s", r.code, r.body)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if code := p.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("SIGTERM: exit %d", code)
+	}
+	if !strings.Contains(p.logs.String(), "stopped") {
+		t.Fatal("no shutdown log line")
+	}
+
+	p = startProc(t, args...)
+	waitHTTP(t, base+"/x")
+	if r := do(t, "GET", base+"/survives", ""); r.code != 200 || r.body != "sigterm" {
+		t.Fatalf("after restart: %d %q", r.code, r.body)
+	}
+	p.cmd.Process.Signal(syscall.SIGINT)
+	if code := p.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("SIGINT: exit %d", code)
+	}
+
+	// Another member's data directory is refused with exit 2.
+	if err := os.Rename(filepath.Join(dir, "raftexample-1"), filepath.Join(dir, "raftexample-2")); err != nil {
+		t.Fatal(err)
+	}
+	p = startProc(t, "--id", "2", "--cluster", "http://127.0.0.1:1,"+peer, "--port", port, "--data-dir", dir)
+	if code := p.exitCode(15 * time.Second); code != 2 || !strings.Contains(p.logs.String(), "belongs to another node") {
+		t.Fatalf("foreign data dir: exit %d", code)
+	}
+}
+
+type procCluster struct {
+	t     *testing.T
+	dir   string
+	peers []string
+	ports []string
+	procs []*proc
+}
+
+func newProcCluster(t *testing.T, n int) *procCluster {
+	c := &procCluster{t: t, dir: t.TempDir()}
+	for i := 0; i < n; i++ {
+		c.peers = append(c.peers, fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
+		c.ports = append(c.ports, strconv.Itoa(freePort(t)))
+	}
+	c.procs = make([]*proc, n)
+	for i := range n {
+		c.start(i)
+	}
+	for i := range n {
+		waitHTTP(t, c.url(i, "/"))
+	}
+	return c
+}
+
+func (c *procCluster) start(i int) {
+	c.procs[i] = startProc(c.t, "--id", strconv.Itoa(i+1), "--cluster", strings.Join(c.peers, ","), "--port", c.ports[i],
+		"--data-dir", c.dir, "--tick", "20", "--request-timeout", "2s", "--snapshot-count", "50")
+}
+
+func (c *procCluster) url(i int, path string) string { return "http://127.0.0.1:" + c.ports[i] + path }
+
+// putRetry writes until some member acknowledges it (any member may be down).
+func (c *procCluster) putRetry(key, value string) {
+	c.t.Helper()
+	i := 0
+	eventually(c.t, 20*time.Second, func() error {
+		i++
+		r, err := tryDo("PUT", c.url(i%len(c.procs), "/"+key), value)
+		if err != nil {
+			return err
+		}
+		if r.code != http.StatusNoContent {
+			return fmt.Errorf("%d %s", r.code, r.body)
+		}
+		return nil
+	})
+}
+
+func tryDo(method, url, body string) (response, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	return response{resp.StatusCode, b.String(), resp.Header}, nil
+}
+
+func TestProcessRemovedMemberExitsAndStaysOut(t *testing.T) {
+	c := newProcCluster(t, 3)
+	c.putRetry("before", "1")
+	r := do(t, "DELETE", c.url(0, "/3"), "")
+	if r.code != http.StatusNoContent {
+		t.Fatalf("DELETE /3: %d %s", r.code, r.body)
+	}
+	if code := c.procs[2].exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("removed member exited with %d", code)
+	}
+	if !strings.Contains(c.procs[2].logs.String(), "removed from the cluster") {
+		t.Fatal("removed member did not say why it exited")
+	}
+	c.start(2) // on its old data
+	if code := c.procs[2].exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("restarted removed member exited with %d", code)
+	}
+	c.putRetry("after", "2")
+	for i := 0; i < 2; i++ {
+		if r := do(t, "GET", c.url(i, "/after"), ""); r.code != 200 || r.body != "2" {
+			t.Fatalf("member %d after removal: %d %q", i+1, r.code, r.body)
+		}
+	}
+}
+
+// kill -9 of any one member, the leader included, under concurrent writes
+// loses no acknowledged write.
+func TestProcessKill9UnderWritesLosesNothing(t *testing.T) {
+	c := newProcCluster(t, 3)
+	c.putRetry("warmup", "1")
+	var mu sync.Mutex
+	acked := map[string]string{}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := 0; w < 6; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("w%d-%d", w, i)
+				r, err := tryDo("PUT", c.url((w+i)%3, "/"+key), key)
+				if err == nil && r.code == http.StatusNoContent {
+					mu.Lock()
+					acked[key] = key
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	for round := 0; round < 3; round++ {
+		time.Sleep(300 * time.Millisecond)
+		victim := round % 3
+		c.procs[victim].cmd.Process.Signal(syscall.SIGKILL)
+		c.procs[victim].exitCode(10 * time.Second)
+		time.Sleep(300 * time.Millisecond)
+		c.start(victim)
+		waitHTTP(t, c.url(victim, "/"))
+	}
+	close(stop)
+	wg.Wait()
+	if len(acked) < 50 {
+		t.Fatalf("only %d writes acknowledged", len(acked))
+	}
+	for i := range 3 {
+		c.procs[i].cmd.Process.Signal(syscall.SIGKILL)
+		c.procs[i].exitCode(10 * time.Second)
+	}
+	for i := range 3 {
+		c.start(i)
+	}
+	for i := range 3 {
+		waitHTTP(t, c.url(i, "/"))
+	}
+	n := 0
+	for k, v := range acked {
+		var r response
+		eventually(t, 20*time.Second, func() error {
+			var err error
+			r, err = tryDo("GET", c.url(n%3, "/"+k), "")
+			if err == nil && r.code == http.StatusServiceUnavailable {
+				err = fmt.Errorf("503 %s", r.body)
+			}
+			return err
+		})
+		if r.code != 200 || r.body != v {
+			t.Fatalf("acknowledged write %s lost: member %d answers %d %q", k, n%3+1, r.code, r.body)
+		}
+		n++
+	}
+	t.Logf("%d acknowledged writes, all present after kill -9 rounds and a full kill -9 restart", len(acked))
+}
