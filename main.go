@@ -241,6 +241,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		api: &http.Server{
 			Handler:           &httpAPI{lg: lg, store: kv, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes},
 			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),
 		},
 	}

@@ -73,6 +73,9 @@ type raftNode struct {
 	transport   *rafthttp.Transport
 	peerServer  *http.Server
 	isRemoved   func(id uint64) bool
+	// peerURLs is the URL the transport uses for each peer. Written by start,
+	// then only by the state machine's apply goroutine (setPeer/removePeer).
+	peerURLs map[uint64]string
 
 	// snapMu serializes snapshot persistence (a snapshot from the leader in
 	// readyLoop, our own from the state machine's snapshot goroutine) and
@@ -251,9 +254,11 @@ func (rc *raftNode) start(isRemoved func(uint64) bool, peerLn *stoppableListener
 	if err := rc.transport.Start(); err != nil {
 		return fmt.Errorf("start peer transport: %w", err)
 	}
+	rc.peerURLs = map[uint64]string{}
 	for i, u := range rc.cfg.peers {
 		if id := uint64(i + 1); id != rc.cfg.id {
 			rc.transport.AddPeer(types.ID(id), []string{u})
+			rc.peerURLs[id] = u
 		}
 	}
 	rc.peerServer = &http.Server{Handler: rc.transport.Handler(), ReadHeaderTimeout: 10 * time.Second}
@@ -683,16 +688,29 @@ func (rc *raftNode) applyConfChange(cc *raftpb.ConfChange) *raftpb.ConfState {
 	return rc.node.ApplyConfChange(cc)
 }
 
+// setPeer points the transport at a member. A member listed in this node's
+// own --cluster is reached at that address: each node may have its own route
+// to a peer (NAT, proxies), so the replicated URL is used only for members
+// added after this node's --cluster was written.
 func (rc *raftNode) setPeer(id uint64, peerURL string) {
-	if rc.transport.Get(types.ID(id)) == nil {
-		rc.transport.AddPeer(types.ID(id), []string{peerURL})
-		return
+	if id >= 1 && id <= uint64(len(rc.cfg.peers)) {
+		peerURL = rc.cfg.peers[id-1]
 	}
-	rc.transport.UpdatePeer(types.ID(id), []string{peerURL})
+	old, known := rc.peerURLs[id]
+	switch {
+	case !known:
+		rc.transport.AddPeer(types.ID(id), []string{peerURL})
+	case old != peerURL:
+		rc.transport.UpdatePeer(types.ID(id), []string{peerURL})
+	}
+	rc.peerURLs[id] = peerURL
 }
 
 func (rc *raftNode) removePeer(id uint64) {
-	rc.transport.RemovePeer(types.ID(id))
+	if _, known := rc.peerURLs[id]; known {
+		rc.transport.RemovePeer(types.ID(id))
+		delete(rc.peerURLs, id)
+	}
 }
 
 // leader returns the current leader's id, 0 if none is known.
