@@ -97,15 +97,7 @@ func (h *httpAPI) put(w http.ResponseWriter, r *http.Request, key string) {
 	if !ok {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := h.store.Put(ctx, key, string(body))
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	w.WriteHeader(http.StatusNoContent)
+	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.Put(ctx, key, string(body)) })
 }
 
 func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText string) {
@@ -125,16 +117,7 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText strin
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := h.store.AddMember(ctx, id, peerURL)
-	if err != nil {
-		h.fail(w, r, err)
-		return
-	}
-	h.lg.Info("added member", zap.Uint64("member", id), zap.String("peer-url", peerURL))
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	w.WriteHeader(http.StatusNoContent)
+	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.AddMember(ctx, id, peerURL) })
 }
 
 func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText string) {
@@ -145,14 +128,19 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText st
 	if !ok {
 		return
 	}
+	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) })
+}
+
+// replicate runs a change through raft within the request timeout and
+// answers 204 with the raft index at which it was applied.
+func (h *httpAPI) replicate(w http.ResponseWriter, r *http.Request, change func(context.Context) (uint64, error)) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	index, err := h.store.RemoveMember(ctx, id)
+	index, err := change(ctx)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
-	h.lg.Info("removed member", zap.Uint64("member", id))
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
 	w.WriteHeader(http.StatusNoContent)
 }

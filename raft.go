@@ -346,7 +346,9 @@ func (rc *raftNode) readyLoop() {
 				}
 			}
 			// The leader may send while it writes its own log (raft thesis
-			// 10.2.1); followers must persist before they acknowledge.
+			// 10.2.1): raft counts the leader's own entries toward commit only
+			// after Advance, i.e. once they are on disk. Followers must persist
+			// before they acknowledge.
 			if isLeader {
 				rc.transport.Send(rc.prepareMessages(rd.Messages))
 			}

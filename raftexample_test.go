@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -587,4 +588,65 @@ func TestTornWALTailIsRepaired(t *testing.T) {
 			t.Fatalf("t%d after repair: %d %q", i, r.code, r.body)
 		}
 	}
+}
+
+// partition cuts (or heals) the links between member a and each of others,
+// in both directions.
+func (c *testCluster) partition(a int, others []int, cut bool) {
+	for _, b := range others {
+		ta, tb := c.nodes[a].rn.transport, c.nodes[b].rn.transport
+		ida, idb := types.ID(c.cfgs[a].id), types.ID(c.cfgs[b].id)
+		if cut {
+			ta.CutPeer(idb)
+			tb.CutPeer(ida)
+		} else {
+			ta.MendPeer(idb)
+			tb.MendPeer(ida)
+		}
+	}
+}
+
+// An isolated leader acknowledges nothing and serves no linearizable read;
+// the majority goes on; after healing every acknowledged write is everywhere.
+func TestIsolatedLeaderLosesNoWrites(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.requestTimeout = time.Second })
+	old := c.leader()
+	rest := []int{(old + 1) % 3, (old + 2) % 3}
+	c.mustPut(old, "before", "1")
+	c.partition(old, rest, true)
+
+	// The old leader cannot commit or confirm reads: 503, never a false 204.
+	if r := do(t, "PUT", c.url(old, "/isolated"), "x"); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("PUT on the isolated leader: %d %q", r.code, r.body)
+	}
+	if r := do(t, "GET", c.url(old, "/before"), ""); r.code != http.StatusServiceUnavailable {
+		t.Fatalf("linearizable GET on the isolated leader: %d %q", r.code, r.body)
+	}
+	// The majority elects a new leader and takes writes.
+	eventually(t, 10*time.Second, func() error {
+		l := c.nodes[rest[0]].rn.leader()
+		if l == 0 || int(l)-1 == old || c.nodes[rest[1]].rn.leader() != l {
+			return fmt.Errorf("majority has no new leader yet (sees %d)", l)
+		}
+		return nil
+	})
+	acked := concurrentWrites(t, c, 4, 20, "p")
+	c.mustPut(rest[0], "during", "2")
+
+	c.partition(old, rest, false)
+	c.leader()
+	for k, v := range acked {
+		c.mustGet(old, k, v)
+	}
+	c.mustGet(old, "during", "2")
+	if r := do(t, "GET", c.url(rest[1], "/isolated"), ""); r.code != http.StatusNotFound && r.code != http.StatusOK {
+		t.Fatalf("the isolated write is ambiguous (404 or 200), got %d", r.code)
+	}
+	eventually(t, 5*time.Second, func() error {
+		r := do(t, "GET", c.url(old, "/during?consistency=serializable"), "")
+		if r.body != "2" {
+			return fmt.Errorf("old leader's applied state: %d %q", r.code, r.body)
+		}
+		return nil
+	})
 }
