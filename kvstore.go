@@ -693,7 +693,7 @@ func validatePeerURL(raw string) error {
 	if u.Scheme != "http" && u.Scheme != "https" {
 		return fmt.Errorf("peer URL %q must start with http:// or https://", raw)
 	}
-	if u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+	if u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" || u.ForceQuery {
 		return fmt.Errorf("peer URL %q must be scheme://host:port with no user, path, query or fragment", raw)
 	}
 	host, port, err := net.SplitHostPort(u.Host)
