@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -23,7 +22,7 @@ type stoppableListener struct {
 func newStoppableListener(addr string) (*stoppableListener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		return nil, err
 	}
 	return &stoppableListener{TCPListener: ln.(*net.TCPListener), stopc: make(chan struct{})}, nil
 }

@@ -202,12 +202,12 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	peerURL, _ := url.Parse(cfg.cluster[cfg.id-1])
 	peerLn, err := newStoppableListener(peerURL.Host)
 	if err != nil {
-		return nil, fmt.Errorf("peer listener for %s: %w", peerURL, err)
+		return nil, fmt.Errorf("raft peer listener (--cluster entry %d): %w", cfg.id, err)
 	}
 	apiLn, err := net.Listen("tcp", net.JoinHostPort(cfg.listen, strconv.Itoa(cfg.port)))
 	if err != nil {
 		peerLn.Close()
-		return nil, fmt.Errorf("client API listener: %w", err)
+		return nil, fmt.Errorf("client API listener (--port): %w", err)
 	}
 
 	proposeC := make(chan proposal, 4096)

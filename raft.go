@@ -170,6 +170,9 @@ func (rc *raftNode) openWAL() error {
 	)
 	for repaired := false; ; repaired = true {
 		w, err := wal.Open(rc.lg, rc.cfg.waldir, start)
+		if errors.Is(err, fileutil.ErrLocked) {
+			return fmt.Errorf("data directory %s is in use by another running raftexample", rc.cfg.waldir)
+		}
 		if err != nil {
 			return fmt.Errorf("open wal %s: %w", rc.cfg.waldir, err)
 		}

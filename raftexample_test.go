@@ -533,12 +533,18 @@ func TestGracefulStopWithRequestsInFlight(t *testing.T) {
 func TestWrongDataDirRefused(t *testing.T) {
 	c := newTestCluster(t, 1, nil)
 	c.leader()
+	// A second process on the same data directory (other ports) is refused.
+	cfg := c.cfgs[0]
+	cfg.cluster = []string{fmt.Sprintf("http://127.0.0.1:%d", freePort(t))}
+	if _, err := startServer(c.lg, cfg); err == nil || !strings.Contains(err.Error(), "in use by another running raftexample") {
+		t.Fatalf("second server on a data dir in use: %v", err)
+	}
 	c.stop(0)
 	// Move member 1's data where member 2 of a two-member cluster looks.
 	if err := os.Rename(filepath.Join(c.dir, "raftexample-1"), filepath.Join(c.dir, "raftexample-2")); err != nil {
 		t.Fatal(err)
 	}
-	cfg := c.cfgs[0]
+	cfg = c.cfgs[0]
 	cfg.id = 2
 	cfg.cluster = []string{"http://127.0.0.1:1", c.peers[0]}
 	_, err := startServer(c.lg, cfg)
