@@ -315,7 +315,8 @@ func (s *kvstore) applyCommit(c *commit) {
 	s.maybeSnapshot()
 }
 
-// apply applies one committed entry: the only place the state changes.
+// apply applies one committed entry. Apart from restore, which replaces the
+// whole state from a snapshot, it is the only place the state changes.
 func (s *kvstore) apply(e *raftpb.Entry) {
 	index := e.GetIndex()
 	s.mu.RLock()
