@@ -127,6 +127,9 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 	}
 	rc.snapshotter = snap.New(lg, cfg.snapdir)
 	if err := rc.openWAL(); err != nil {
+		if rc.wal != nil {
+			rc.wal.Close() // release its file locks
+		}
 		return nil, err
 	}
 	return rc, nil
@@ -191,7 +194,6 @@ func (rc *raftNode) openWAL() error {
 		}
 	}
 	if want := walMetadata(rc.cfg.id); string(meta) != string(want) {
-		rc.wal.Close()
 		return fmt.Errorf("%w: %s holds %q, not %q", errWrongNode, rc.cfg.waldir, meta, want)
 	}
 
