@@ -201,21 +201,6 @@ func (c *procCluster) putRetry(key, value string) {
 	})
 }
 
-func tryDo(method, url, body string) (response, error) {
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		return response{}, err
-	}
-	resp, err := httpClient.Do(req)
-	if err != nil {
-		return response{}, err
-	}
-	defer resp.Body.Close()
-	var b bytes.Buffer
-	b.ReadFrom(resp.Body)
-	return response{resp.StatusCode, b.String(), resp.Header}, nil
-}
-
 func TestProcessRemovedMemberExitsAndStaysOut(t *testing.T) {
 	c := newProcCluster(t, 3)
 	c.putRetry("before", "1")

@@ -262,8 +262,7 @@ func (rc *raftNode) start(isRemoved func(uint64) bool, peerLn *stoppableListener
 	rc.peerURLs = map[uint64]string{}
 	for i, u := range rc.cfg.peers {
 		if id := uint64(i + 1); id != rc.cfg.id {
-			rc.transport.AddPeer(types.ID(id), []string{u})
-			rc.peerURLs[id] = u
+			rc.setPeer(id, u)
 		}
 	}
 	rc.peerServer = &http.Server{Handler: rc.transport.Handler(), ReadHeaderTimeout: 10 * time.Second}

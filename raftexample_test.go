@@ -176,17 +176,26 @@ type response struct {
 
 func do(t testing.TB, method, url, body string) response {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := httpClient.Do(req)
+	r, err := tryDo(method, url, body)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
+	return r
+}
+
+// tryDo sends one request; a member that is down is an error, not a failure.
+func tryDo(method, url, body string) (response, error) {
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return response{}, err
+	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return response{resp.StatusCode, string(b), resp.Header}
+	b, err := io.ReadAll(resp.Body)
+	return response{resp.StatusCode, string(b), resp.Header}, err
 }
 
 func (c *testCluster) mustPut(i int, key, value string) {
