@@ -1,7 +1,9 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -11,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/raft/v3"
 	"go.uber.org/zap"
 )
 
@@ -23,17 +26,29 @@ import (
 //	DELETE /<id>    remove member <id>
 //
 // The key is the whole decoded path after the first slash, kept as is (no
-// cleaning of "//" or ".."); the query string only carries options.
+// cleaning of "//" or ".."); the query string only carries options. Paths
+// under /v1/ belong to the versioned API:
+//
+//	GET    /v1/status   this member's view of raft and the state machine
 type httpAPI struct {
 	lg              *zap.Logger
 	store           *kvstore
+	raftStatus      func() raft.Status
 	requestTimeout  time.Duration
 	maxRequestBytes int64
 }
 
+// versionedPrefix starts the paths of the versioned API; such paths are
+// never keys.
+const versionedPrefix = "/v1/"
+
 const allowedMethods = "GET, HEAD, PUT, POST, DELETE"
 
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if strings.HasPrefix(r.URL.Path, versionedPrefix) {
+		h.serveV1(w, r)
+		return
+	}
 	key := strings.TrimPrefix(r.URL.Path, "/")
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
@@ -48,6 +63,68 @@ func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Allow", allowedMethods)
 		http.Error(w, "method "+r.Method+" not allowed; use "+allowedMethods, http.StatusMethodNotAllowed)
 	}
+}
+
+func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case versionedPrefix + "status":
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			http.Error(w, "method "+r.Method+" not allowed; use GET", http.StatusMethodNotAllowed)
+			return
+		}
+		if _, ok := h.query(w, r); ok {
+			h.status(w)
+		}
+	default:
+		http.Error(w, "no such route "+strconv.Quote(r.URL.Path)+"; paths under "+versionedPrefix+" are the versioned API, not keys", http.StatusNotFound)
+	}
+}
+
+// statusReply is the body of GET /v1/status.
+type statusReply struct {
+	ID        uint64   `json:"id"`
+	Leader    uint64   `json:"leader"` // 0 while no leader is known
+	Term      uint64   `json:"term"`
+	RaftState string   `json:"raftState"`
+	Commit    uint64   `json:"commit"`
+	Applied   uint64   `json:"applied"`
+	Keys      int      `json:"keys"`
+	Members   []member `json:"members"`
+}
+
+type member struct {
+	ID      uint64 `json:"id"`
+	PeerURL string `json:"peerURL"`
+}
+
+func (h *httpAPI) status(w http.ResponseWriter) {
+	st := h.raftStatus()
+	applied, keys := h.store.Applied()
+	reply := statusReply{
+		ID: st.ID, Leader: st.Lead, Term: st.HardState.GetTerm(), RaftState: raftStateName(st.RaftState),
+		Commit: st.HardState.GetCommit(), Applied: applied, Keys: keys, Members: []member{},
+	}
+	for id, u := range h.store.Members() {
+		reply.Members = append(reply.Members, member{ID: id, PeerURL: u})
+	}
+	slices.SortFunc(reply.Members, func(a, b member) int { return cmp.Compare(a.ID, b.ID) })
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(reply)
+}
+
+func raftStateName(s raft.StateType) string {
+	switch s {
+	case raft.StateLeader:
+		return "leader"
+	case raft.StateFollower:
+		return "follower"
+	case raft.StateCandidate:
+		return "candidate"
+	case raft.StatePreCandidate:
+		return "pre-candidate"
+	}
+	return "unknown"
 }
 
 func (h *httpAPI) get(w http.ResponseWriter, r *http.Request, key string) {

@@ -560,6 +560,7 @@ func (s *kvstore) maybeSnapshot() {
 		defer s.snapWG.Done()
 		defer s.snapRunning.Store(false)
 		start := time.Now()
+		s.lg.Info("saving snapshot", zap.Uint64("index", index))
 		data := encodeSnapshot(index, members, removed, kv)
 		if err := s.hooks.saveSnapshot(index, cs, data); err != nil {
 			if errors.Is(err, errStopping) {
@@ -683,6 +684,13 @@ func (s *kvstore) Members() map[uint64]string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return maps.Clone(s.members)
+}
+
+// Applied returns the applied index and the number of keys.
+func (s *kvstore) Applied() (index uint64, keys int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.applied, len(s.kv)
 }
 
 // validatePeerURL accepts http(s)://host:port with nothing after it.

@@ -722,6 +722,9 @@ func (rc *raftNode) removePeer(id uint64) {
 // leader returns the current leader's id, 0 if none is known.
 func (rc *raftNode) leader() uint64 { return rc.lead.Load() }
 
+// status asks the raft goroutine for its state; zero once raft has stopped.
+func (rc *raftNode) status() raft.Status { return rc.node.Status() }
+
 // raftLogger adapts zap to raft's logger.
 type raftLogger struct{ s *zap.SugaredLogger }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -255,6 +256,16 @@ func TestSingleNodePutGet(t *testing.T) {
 		t.Fatalf("removing the only member: %d %q", r.code, r.body)
 	}
 	c.mustGet(0, "my-key", "")
+
+	r = do(t, "GET", c.url(0, "/v1/status"), "")
+	var st statusReply
+	if err := json.Unmarshal([]byte(r.body), &st); err != nil || r.code != 200 {
+		t.Fatalf("status: %d %q %v", r.code, r.body, err)
+	}
+	if st.ID != 1 || st.Leader != 1 || st.RaftState != "leader" || st.Term == 0 || st.Keys != 2 ||
+		st.Applied < 4 || st.Commit < st.Applied || len(st.Members) != 1 || st.Members[0].ID != 1 {
+		t.Fatalf("status: %+v", st)
+	}
 }
 
 // Every write acknowledged by one member is seen at once by a linearizable
@@ -486,6 +497,10 @@ func TestBadInputGetsClearErrors(t *testing.T) {
 		{"GET", "/k?bogus=1", "", 400},
 		{"PUT", "/k?consistency=serializable", "v", 400},
 		{"GET", "/k?a=%zz", "", 400},
+		{"GET", "/v1/nope", "", 404},
+		{"PUT", "/v1/k", "v", 404},
+		{"PUT", "/v1/status", "v", 405},
+		{"GET", "/v1/status?verbose=1", "", 400},
 	}
 	for _, tc := range cases {
 		r := do(t, tc.method, c.url(0, tc.path), tc.body)
