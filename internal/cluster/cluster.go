@@ -1,0 +1,650 @@
+// Package cluster runs a raftexample cluster of real processes on loopback
+// for fault testing: every member gets its own ports, data dir and log file,
+// and reaches each peer through a TCP proxy of its own (a link), so that any
+// path between two members can be cut and healed without root or network
+// namespaces. Members can be killed, paused, restarted on their data, added
+// and removed.
+package cluster
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options describe a cluster. Zero values take the defaults noted.
+type Options struct {
+	Binary         string        // the raftexample binary (see Build); required
+	Dir            string        // data dirs, logs and events.log go here; required
+	Size           int           // initial members; default 3
+	SnapshotCount  uint64        // --snapshot-count; default: the server's
+	Tick           time.Duration // --tick; default 50ms
+	ElectionTicks  int           // --election-ticks; default 10
+	RequestTimeout time.Duration // --request-timeout; default 2s
+	// Logf, if set, also receives every event the harness records.
+	Logf func(format string, args ...any)
+}
+
+// State is what the harness did to a member's process last.
+type State int
+
+const (
+	Running State = iota
+	Paused        // SIGSTOP
+	Stopped       // killed or shut down; can be restarted
+	Removed       // removed from the cluster; its process exited
+)
+
+func (s State) String() string {
+	return [...]string{"running", "paused", "stopped", "removed"}[s]
+}
+
+// Cluster is a set of member processes and the links between them. Its
+// methods are safe for concurrent use.
+type Cluster struct {
+	opts   Options
+	client *http.Client
+
+	mu         sync.Mutex // guards everything below
+	nodes      map[uint64]*Node
+	links      map[[2]uint64]*link // {from, to}
+	inbound    map[uint64]*link    // how initial members reach a member added later
+	unexpected []string            // exits the harness did not cause
+	events     *os.File
+	closed     bool
+}
+
+// Node is one member. Its fields other than ID are owned by the Cluster.
+type Node struct {
+	ID         uint64
+	Joined     bool // added after start with --join
+	ClientURL  string
+	peerAddr   string // where its peer listener binds
+	dataDir    string
+	logPath    string
+	args       []string
+	state      State
+	expectExit bool
+	proc       *os.Process
+	exited     chan struct{} // closed when the current process has exited
+	watchers   []*watcher
+}
+
+type watcher struct {
+	substr string
+	fired  chan struct{}
+}
+
+// Start launches opts.Size members and waits until each serves HTTP.
+func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	if opts.Size == 0 {
+		opts.Size = 3
+	}
+	if opts.Tick == 0 {
+		opts.Tick = 50 * time.Millisecond
+	}
+	if opts.ElectionTicks == 0 {
+		opts.ElectionTicks = 10
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = 2 * time.Second
+	}
+	if opts.Binary == "" || opts.Dir == "" {
+		return nil, errors.New("cluster: Options.Binary and Options.Dir are required")
+	}
+	events, err := os.Create(filepath.Join(opts.Dir, "events.log"))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	c := &Cluster{
+		opts:    opts,
+		client:  &http.Client{Timeout: 2 * time.Second},
+		nodes:   map[uint64]*Node{},
+		links:   map[[2]uint64]*link{},
+		inbound: map[uint64]*link{},
+		events:  events,
+	}
+	ids := make([]uint64, opts.Size)
+	for i := range ids {
+		ids[i] = uint64(i + 1)
+		n, err := c.newNode(ids[i])
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.nodes[n.ID] = n
+	}
+	for _, i := range ids {
+		for _, j := range ids {
+			if i != j {
+				l, err := newLink(c.nodes[j].peerAddr)
+				if err != nil {
+					c.Close()
+					return nil, err
+				}
+				c.links[[2]uint64{i, j}] = l
+			}
+		}
+	}
+	for _, i := range ids {
+		n := c.nodes[i]
+		n.args = c.args(n, ids, false)
+		if err := c.launch(n); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	for _, i := range ids {
+		if err := c.waitServing(ctx, c.nodes[i]); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func (c *Cluster) newNode(id uint64) (*Node, error) {
+	peerPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	clientPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(c.opts.Dir, fmt.Sprintf("node-%d", id))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster: %w", err)
+	}
+	return &Node{
+		ID:        id,
+		ClientURL: "http://127.0.0.1:" + strconv.Itoa(clientPort),
+		peerAddr:  "127.0.0.1:" + strconv.Itoa(peerPort),
+		dataDir:   dir,
+		logPath:   filepath.Join(c.opts.Dir, fmt.Sprintf("node-%d.log", id)),
+		state:     Stopped,
+	}, nil
+}
+
+// args builds a member's command line: its own --cluster entry is its peer
+// listener, every other entry is its link to that member.
+func (c *Cluster) args(n *Node, ids []uint64, join bool) []string {
+	peers := make([]string, n.ID)
+	for j := uint64(1); j <= n.ID; j++ {
+		if j == n.ID {
+			peers[j-1] = "http://" + n.peerAddr
+		} else {
+			peers[j-1] = "http://" + c.links[[2]uint64{n.ID, j}].addr()
+		}
+	}
+	if !join {
+		peers = peers[:0]
+		for _, j := range ids {
+			if j == n.ID {
+				peers = append(peers, "http://"+n.peerAddr)
+			} else {
+				peers = append(peers, "http://"+c.links[[2]uint64{n.ID, j}].addr())
+			}
+		}
+	}
+	port := strings.TrimPrefix(n.ClientURL, "http://127.0.0.1:")
+	args := []string{
+		"--id", strconv.FormatUint(n.ID, 10),
+		"--cluster", strings.Join(peers, ","),
+		"--port", port,
+		"--data-dir", n.dataDir,
+		"--tick", strconv.FormatInt(c.opts.Tick.Milliseconds(), 10),
+		"--election-ticks", strconv.Itoa(c.opts.ElectionTicks),
+		"--request-timeout", c.opts.RequestTimeout.String(),
+	}
+	if c.opts.SnapshotCount > 0 {
+		args = append(args, "--snapshot-count", strconv.FormatUint(c.opts.SnapshotCount, 10))
+	}
+	if join {
+		args = append(args, "--join")
+	}
+	return args
+}
+
+// freePort picks a port below Linux's ephemeral range, so that the many
+// client connections of a test cannot take it while a member is down.
+func freePort() (int, error) {
+	for range 200 {
+		p := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err == nil {
+			ln.Close()
+			return p, nil
+		}
+	}
+	return 0, errors.New("cluster: no free port found")
+}
+
+// Logf records an event in events.log (and Options.Logf).
+func (c *Cluster) Logf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	c.mu.Lock()
+	if c.events != nil {
+		fmt.Fprintf(c.events, "%s %s\n", time.Now().Format("15:04:05.000"), msg)
+	}
+	c.mu.Unlock()
+	if c.opts.Logf != nil {
+		c.opts.Logf("%s", msg)
+	}
+}
+
+// launch starts n's process; its stderr goes to n's log file.
+func (c *Cluster) launch(n *Node) error {
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	fmt.Fprintf(logf, "=== harness: start %s %s\n", c.opts.Binary, strings.Join(n.args, " "))
+	cmd := exec.Command(c.opts.Binary, n.args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		logf.Close()
+		return fmt.Errorf("cluster: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("cluster: start member %d: %w", n.ID, err)
+	}
+	exited := make(chan struct{})
+	c.mu.Lock()
+	n.proc, n.state, n.expectExit, n.exited = cmd.Process, Running, false, exited
+	c.mu.Unlock()
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(logf, line)
+			c.notify(n, line)
+		}
+		io.Copy(logf, stderr)
+		err := cmd.Wait()
+		fmt.Fprintf(logf, "=== harness: exited: %v\n", exitText(err))
+		logf.Close()
+		c.mu.Lock()
+		if !n.expectExit {
+			c.unexpected = append(c.unexpected, fmt.Sprintf("member %d exited by itself (%s); see %s", n.ID, exitText(err), n.logPath))
+			n.state = Stopped
+		}
+		c.mu.Unlock()
+		close(exited)
+	}()
+	return nil
+}
+
+func exitText(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+func (c *Cluster) notify(n *Node, line string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	kept := n.watchers[:0]
+	for _, w := range n.watchers {
+		if strings.Contains(line, w.substr) {
+			close(w.fired)
+		} else {
+			kept = append(kept, w)
+		}
+	}
+	n.watchers = kept
+}
+
+// WatchLog returns a channel closed when member id next logs a line
+// containing substr.
+func (c *Cluster) WatchLog(id uint64, substr string) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := &watcher{substr: substr, fired: make(chan struct{})}
+	if n := c.nodes[id]; n != nil {
+		n.watchers = append(n.watchers, w)
+	}
+	return w.fired
+}
+
+// waitServing waits until n answers GET /v1/status.
+func (c *Cluster) waitServing(ctx context.Context, n *Node) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	for {
+		if _, err := c.Status(ctx, n.ID); err == nil {
+			return nil
+		}
+		c.mu.Lock()
+		exited := n.exited
+		c.mu.Unlock()
+		select {
+		case <-exited:
+			return fmt.Errorf("cluster: member %d exited during start; see %s", n.ID, n.logPath)
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: member %d does not serve HTTP: %w; see %s", n.ID, ctx.Err(), n.logPath)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Status is a member's GET /v1/status.
+type Status struct {
+	ID        uint64 `json:"id"`
+	Leader    uint64 `json:"leader"`
+	Term      uint64 `json:"term"`
+	RaftState string `json:"raftState"`
+	Commit    uint64 `json:"commit"`
+	Applied   uint64 `json:"applied"`
+	Keys      int    `json:"keys"`
+	Members   []struct {
+		ID      uint64 `json:"id"`
+		PeerURL string `json:"peerURL"`
+	} `json:"members"`
+}
+
+// Status asks member id for its status.
+func (c *Cluster) Status(ctx context.Context, id uint64) (*Status, error) {
+	n := c.node(id)
+	if n == nil {
+		return nil, fmt.Errorf("cluster: no member %d", id)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.ClientURL+"/v1/status", nil)
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("status of member %d: %s", id, resp.Status)
+	}
+	var st Status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return nil, fmt.Errorf("status of member %d: %w", id, err)
+	}
+	return &st, nil
+}
+
+func (c *Cluster) node(id uint64) *Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.nodes[id]
+}
+
+// IDs returns the ids of members in one of the given states (all members if
+// none is given), in order.
+func (c *Cluster) IDs(states ...State) []uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var ids []uint64
+	for id, n := range c.nodes {
+		if len(states) == 0 || slices.Contains(states, n.state) {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// State returns what the harness last did to member id.
+func (c *Cluster) State(id uint64) State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := c.nodes[id]; n != nil {
+		return n.state
+	}
+	return Removed
+}
+
+// ClientURLs returns the client URLs of members whose process is alive
+// (running or paused), the ones a client could send requests to.
+func (c *Cluster) ClientURLs() []string {
+	var urls []string
+	for _, id := range c.IDs(Running, Paused) {
+		urls = append(urls, c.node(id).ClientURL)
+	}
+	return urls
+}
+
+// ClientURL returns member id's client URL.
+func (c *Cluster) ClientURL(id uint64) string { return c.node(id).ClientURL }
+
+// LogPath returns member id's log file.
+func (c *Cluster) LogPath(id uint64) string { return c.node(id).logPath }
+
+// Leader returns the member that reports itself leader with the highest
+// term among running members, waiting for one until ctx ends.
+func (c *Cluster) Leader(ctx context.Context) (uint64, error) {
+	for {
+		var best *Status
+		for _, id := range c.IDs(Running) {
+			sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			st, err := c.Status(sctx, id)
+			cancel()
+			if err == nil && st.RaftState == "leader" && (best == nil || st.Term > best.Term) {
+				best = st
+			}
+		}
+		if best != nil {
+			return best.ID, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("cluster: no leader: %w", ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// signal sends sig to member id's process and sets its state.
+func (c *Cluster) signal(id uint64, sig syscall.Signal, from []State, to State, expectExit bool) (*Node, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.nodes[id]
+	if n == nil || !slices.Contains(from, n.state) {
+		return nil, fmt.Errorf("cluster: cannot send %v to member %d: it is %v", sig, id, stateOf(n))
+	}
+	if expectExit {
+		n.expectExit = true
+	}
+	if err := n.proc.Signal(sig); err != nil {
+		return nil, fmt.Errorf("cluster: signal member %d: %w", id, err)
+	}
+	n.state = to
+	return n, nil
+}
+
+func stateOf(n *Node) string {
+	if n == nil {
+		return "unknown"
+	}
+	return n.state.String()
+}
+
+// Kill sends SIGKILL to member id and waits for it to exit.
+func (c *Cluster) Kill(id uint64) error {
+	n, err := c.signal(id, syscall.SIGKILL, []State{Running, Paused}, Stopped, true)
+	if err != nil {
+		return err
+	}
+	c.Logf("kill -9 member %d", id)
+	<-n.exited
+	return nil
+}
+
+// Stop shuts member id down with SIGTERM (SIGKILL after 15 s).
+func (c *Cluster) Stop(id uint64) error {
+	if c.State(id) == Paused {
+		c.Resume(id)
+	}
+	n, err := c.signal(id, syscall.SIGTERM, []State{Running}, Stopped, true)
+	if err != nil {
+		return err
+	}
+	c.Logf("stop member %d", id)
+	select {
+	case <-n.exited:
+	case <-time.After(15 * time.Second):
+		n.proc.Kill()
+		<-n.exited
+		return fmt.Errorf("cluster: member %d ignored SIGTERM for 15s; killed", id)
+	}
+	return nil
+}
+
+// Pause sends SIGSTOP to member id.
+func (c *Cluster) Pause(id uint64) error {
+	if _, err := c.signal(id, syscall.SIGSTOP, []State{Running}, Paused, false); err != nil {
+		return err
+	}
+	c.Logf("pause member %d", id)
+	return nil
+}
+
+// Resume sends SIGCONT to a paused member.
+func (c *Cluster) Resume(id uint64) error {
+	if _, err := c.signal(id, syscall.SIGCONT, []State{Paused}, Running, false); err != nil {
+		return err
+	}
+	c.Logf("resume member %d", id)
+	return nil
+}
+
+// Restart starts a stopped member again on its data and waits until it
+// serves HTTP.
+func (c *Cluster) Restart(ctx context.Context, id uint64) error {
+	n := c.node(id)
+	if n == nil || c.State(id) != Stopped {
+		return fmt.Errorf("cluster: cannot restart member %d: it is %v", id, stateOf(n))
+	}
+	c.Logf("restart member %d", id)
+	if err := c.launch(n); err != nil {
+		return err
+	}
+	return c.waitServing(ctx, n)
+}
+
+// Cut cuts the path between members a and b in both directions.
+func (c *Cluster) Cut(a, b uint64) error { return c.setPath(a, b, true) }
+
+// Mend heals the path between members a and b.
+func (c *Cluster) Mend(a, b uint64) error { return c.setPath(a, b, false) }
+
+func (c *Cluster) setPath(a, b uint64, cut bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ab, ba := c.links[[2]uint64{a, b}], c.links[[2]uint64{b, a}]
+	if ab == nil || ba == nil {
+		return fmt.Errorf("cluster: no separate path between members %d and %d (a member added later can only be isolated)", a, b)
+	}
+	ab.setCut(cut)
+	ba.setCut(cut)
+	return nil
+}
+
+// Isolate cuts every path to and from member id.
+func (c *Cluster) Isolate(id uint64) error {
+	c.mu.Lock()
+	for k, l := range c.links {
+		if k[0] == id || k[1] == id {
+			l.setCut(true)
+		}
+	}
+	if in := c.inbound[id]; in != nil {
+		in.setCut(true)
+	}
+	c.mu.Unlock()
+	c.Logf("isolate member %d", id)
+	return nil
+}
+
+// Partition cuts every path between members of different groups.
+func (c *Cluster) Partition(groups ...[]uint64) error {
+	group := map[uint64]int{}
+	for g, ids := range groups {
+		for _, id := range ids {
+			group[id] = g
+		}
+	}
+	for a, ga := range group {
+		for b, gb := range group {
+			if a < b && ga != gb {
+				if err := c.Cut(a, b); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	c.Logf("partition %v", groups)
+	return nil
+}
+
+// HealLinks heals every cut path.
+func (c *Cluster) HealLinks() {
+	c.mu.Lock()
+	for _, l := range c.links {
+		l.setCut(false)
+	}
+	for _, l := range c.inbound {
+		l.setCut(false)
+	}
+	c.mu.Unlock()
+	c.Logf("heal all links")
+}
+
+// Unexpected lists member exits that the harness did not cause.
+func (c *Cluster) Unexpected() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.unexpected)
+}
+
+// Close stops every member (SIGTERM, then SIGKILL) and every link.
+func (c *Cluster) Close() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range c.IDs(Running, Paused) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := c.Stop(id); err != nil {
+				c.Logf("%v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, l := range c.links {
+		l.close()
+	}
+	for _, l := range c.inbound {
+		l.close()
+	}
+	c.events.Close()
+	c.events = nil
+}

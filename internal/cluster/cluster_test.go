@@ -1,0 +1,123 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+var serverBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cluster-test-bin-")
+	if err != nil {
+		panic(err)
+	}
+	serverBin, err = Build(dir, false)
+	if err != nil {
+		os.RemoveAll(dir)
+		panic(err)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func put(t *testing.T, url, key, value string) int {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPut, url+"/"+key, strings.NewReader(value))
+	resp, err := (&http.Client{Timeout: 3 * time.Second}).Do(req)
+	if err != nil {
+		return 0
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// The harness's own faults do what they say: an isolated leader is replaced,
+// a killed member restarts on its data, a torn WAL is repaired, members come
+// and go.
+func TestHarness(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{Binary: serverBin, Dir: t.TempDir(), Logf: t.Logf, SnapshotCount: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	lead, err := c.Leader(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := put(t, c.ClientURL(lead), "a", "1"); code != http.StatusNoContent {
+		t.Fatalf("put: %d", code)
+	}
+	c.Isolate(lead)
+	if code := put(t, c.ClientURL(lead), "b", "1"); code != http.StatusServiceUnavailable {
+		t.Fatalf("put on an isolated leader: %d, want 503", code)
+	}
+	c.HealLinks()
+	if err := c.WaitReady(ctx, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+
+	// Partition {1} | {2,3}: the majority side takes writes.
+	if err := c.Partition([]uint64{1}, []uint64{2, 3}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for put(t, c.ClientURL(2), "c", "1") != http.StatusNoContent {
+		if time.Now().After(deadline) {
+			t.Fatal("majority side takes no writes")
+		}
+	}
+	c.HealLinks()
+
+	for i := 0; i < 50; i++ {
+		put(t, c.ClientURL(1), "k", "v")
+	}
+	victim := uint64(2)
+	if err := c.Kill(victim); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := c.TearWAL(victim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Log(msg)
+	if err := c.Restart(ctx, victim); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitReady(ctx, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if log, _ := os.ReadFile(c.LogPath(victim)); !strings.Contains(msg, "nothing torn") && !strings.Contains(string(log), "torn write") {
+		t.Fatal("the torn wal tail was not repaired")
+	}
+
+	id, err := c.AddNode(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveNode(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitReady(ctx, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Status(ctx, id)
+	if err != nil || len(st.Members) != 3 {
+		t.Fatalf("status of the new member: %+v %v", st, err)
+	}
+	if u := c.Unexpected(); len(u) > 0 {
+		t.Fatalf("unexpected exits: %v", u)
+	}
+	if got := c.IDs(Running); len(got) != 3 || got[2] != id {
+		t.Fatalf("running: %v", got)
+	}
+}

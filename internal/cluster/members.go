@@ -1,0 +1,137 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// AddNode adds a member with the next unused id: it asks a running member
+// to add it (POST /<id>), then starts it with --join and waits until it
+// serves HTTP. Initial members reach the new member through one shared link,
+// so it can later be isolated but not cut from single peers.
+func (c *Cluster) AddNode(ctx context.Context) (uint64, error) {
+	c.mu.Lock()
+	var id uint64
+	for j := range c.nodes {
+		id = max(id, j)
+	}
+	id++
+	c.mu.Unlock()
+	n, err := c.newNode(id)
+	if err != nil {
+		return 0, err
+	}
+	n.Joined = true
+	in, err := newLink(n.peerAddr)
+	if err != nil {
+		return 0, err
+	}
+	c.mu.Lock()
+	c.inbound[id] = in
+	for j, m := range c.nodes {
+		l, err := newLink(m.peerAddr)
+		if err != nil {
+			c.mu.Unlock()
+			return 0, err
+		}
+		c.links[[2]uint64{id, j}] = l
+	}
+	c.nodes[id] = n
+	n.args = c.args(n, nil, true)
+	c.mu.Unlock()
+
+	if err := c.change(ctx, http.MethodPost, id, "http://"+in.addr(), "already in the cluster"); err != nil {
+		return 0, fmt.Errorf("cluster: add member %d: %w", id, err)
+	}
+	c.Logf("added member %d; starting it with --join", id)
+	if err := c.launch(n); err != nil {
+		return 0, err
+	}
+	return id, c.waitServing(ctx, n)
+}
+
+// RemoveNode asks the cluster to remove member id (DELETE /<id> through
+// another member) and waits for the removed member's process to exit, as a
+// removed member does; it is killed if it has not exited after 20 s (for
+// example because it was cut off and never heard of its removal).
+func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
+	c.mu.Lock()
+	n := c.nodes[id]
+	if n == nil || n.state == Removed {
+		c.mu.Unlock()
+		return fmt.Errorf("cluster: member %d is not in the cluster", id)
+	}
+	wasAlive := n.state == Running || n.state == Paused
+	n.expectExit = true // exiting is what a removed member does
+	c.mu.Unlock()
+
+	if err := c.change(ctx, http.MethodDelete, id, "", "removed earlier"); err != nil {
+		c.mu.Lock()
+		n.expectExit = n.state == Stopped
+		c.mu.Unlock()
+		return fmt.Errorf("cluster: remove member %d: %w", id, err)
+	}
+	c.Logf("removed member %d", id)
+	if c.State(id) == Paused {
+		c.Resume(id)
+	}
+	if wasAlive {
+		select {
+		case <-n.exited:
+		case <-time.After(20 * time.Second):
+			c.Logf("removed member %d still runs after 20s; killing it", id)
+			n.proc.Kill()
+			<-n.exited
+		}
+	}
+	c.mu.Lock()
+	n.state = Removed
+	if in := c.inbound[id]; in != nil {
+		in.setCut(true)
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+// change sends a membership request to running members in turn until one
+// applies it. A retry that finds the change already made (doneText in the
+// error) counts as success: an earlier attempt's answer was lost.
+func (c *Cluster) change(ctx context.Context, method string, id uint64, body, doneText string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var last string
+	unsure := false // an earlier attempt may have been applied
+	for {
+		for _, m := range c.IDs(Running) {
+			if m == id {
+				continue
+			}
+			req, _ := http.NewRequestWithContext(ctx, method, fmt.Sprintf("%s/%d", c.ClientURL(m), id), strings.NewReader(body))
+			resp, err := (&http.Client{Timeout: 3 * time.Second}).Do(req)
+			if err != nil {
+				last, unsure = err.Error(), true
+				continue
+			}
+			msg, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode == http.StatusNoContent:
+				return nil
+			case unsure && strings.Contains(string(msg), doneText):
+				return nil
+			case resp.StatusCode/100 == 4:
+				return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
+			}
+			last, unsure = resp.Status+": "+strings.TrimSpace(string(msg)), true
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("no member applied it (last answer: %s)", last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
