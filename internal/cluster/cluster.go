@@ -647,4 +647,5 @@ func (c *Cluster) Close() {
 	}
 	c.events.Close()
 	c.events = nil
+	c.client.CloseIdleConnections()
 }

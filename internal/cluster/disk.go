@@ -14,10 +14,16 @@ import (
 	"time"
 )
 
-// TearWAL simulates a write torn by a crash: it cuts the newest WAL segment
-// of stopped member id inside its last record, as if the process died while
-// that record was being written. It returns what it did; a segment holding
-// only its header records is left alone.
+// TearWAL simulates a crash in the middle of a WAL write: it appends to the
+// newest segment of stopped member id the first bytes of a record (a copy of
+// its last one, cut short) and truncates the file there, so the segment ends
+// in a torn record, as when the process died before the write completed.
+//
+// The torn record is one the member had not synced, so it cannot have been
+// acknowledged. Cutting into records the member had synced instead is
+// outside raft's fault model: a follower that loses entries it acknowledged
+// makes the leader's heartbeat panic it ("tocommit is out of range"), and
+// it could forget a vote.
 func (c *Cluster) TearWAL(id uint64) (string, error) {
 	n := c.node(id)
 	if n == nil || c.State(id) != Stopped {
@@ -38,20 +44,22 @@ func (c *Cluster) TearWAL(id uint64) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("cluster: read %s: %w", seg, err)
 	}
-	// A segment starts with a crc, a metadata and a snapshot record; tearing
-	// those is a different failure (lost metadata), not a torn tail.
-	if records <= 3 {
-		return fmt.Sprintf("member %d: newest wal segment %s holds only %d header records; nothing torn", id, filepath.Base(seg), records), nil
+	last := make([]byte, end-start)
+	if _, err := f.ReadAt(last, start); err != nil {
+		return "", fmt.Errorf("cluster: read %s: %w", seg, err)
 	}
-	cut := start + 1 + rand.Int64N(end-start-1)
-	if err := f.Truncate(cut); err != nil {
+	torn := last[:1+rand.IntN(len(last)-1)]
+	if _, err := f.WriteAt(torn, end); err != nil {
+		return "", fmt.Errorf("cluster: write %s: %w", seg, err)
+	}
+	if err := f.Truncate(end + int64(len(torn))); err != nil {
 		return "", fmt.Errorf("cluster: truncate %s: %w", seg, err)
 	}
 	if err := f.Sync(); err != nil {
 		return "", fmt.Errorf("cluster: sync %s: %w", seg, err)
 	}
-	msg := fmt.Sprintf("member %d: cut %s at byte %d, %d bytes into its last record of %d bytes (record %d)",
-		id, filepath.Base(seg), cut, cut-start, end-start, records)
+	msg := fmt.Sprintf("member %d: %s now ends in a torn record: %d of %d bytes after its %d whole records",
+		id, filepath.Base(seg), len(torn), len(last), records)
 	c.Logf("tear wal: %s", msg)
 	return msg, nil
 }
@@ -113,4 +121,31 @@ func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// WaitCaughtUp waits until member id has applied everything the leader had
+// committed when the wait began.
+func (c *Cluster) WaitCaughtUp(ctx context.Context, id uint64, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var target uint64
+	for {
+		if target == 0 {
+			if lead, err := c.Leader(ctx); err == nil {
+				if st, err := c.Status(ctx, lead); err == nil {
+					target = st.Commit
+				}
+			}
+		}
+		if target > 0 {
+			if st, err := c.Status(ctx, id); err == nil && st.Applied >= target {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: member %d did not catch up to commit index %d within %v; see %s", id, target, timeout, c.LogPath(id))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -1,0 +1,230 @@
+package faults
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"raftexample/internal/cluster"
+	"raftexample/internal/nemesis"
+	"raftexample/internal/workload"
+)
+
+// Settings, from the environment:
+//
+//	RAFTEXAMPLE_FAULT_DURATION  workload time per scenario (default 8s; e.g. 10m for a soak)
+//	RAFTEXAMPLE_FAULT_SEED      seed of the nemesis schedule (default: time-based, logged)
+//	RAFTEXAMPLE_FAULT_DIR       where failed runs keep logs, data and history.html (default: the temp dir)
+//	RAFTEXAMPLE_FAULT_RACE      0 builds the server without the race detector (default 1)
+var (
+	serverBin string
+	duration  = 8 * time.Second
+)
+
+func TestMain(m *testing.M) {
+	if d := os.Getenv("RAFTEXAMPLE_FAULT_DURATION"); d != "" {
+		v, err := time.ParseDuration(d)
+		if err != nil || v <= 0 {
+			fmt.Fprintf(os.Stderr, "RAFTEXAMPLE_FAULT_DURATION=%q: want a positive duration such as 10m\n", d)
+			os.Exit(2)
+		}
+		duration = v
+	}
+	dir, err := os.MkdirTemp("", "raftexample-faults-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	serverBin, err = cluster.Build(dir, os.Getenv("RAFTEXAMPLE_FAULT_RACE") != "0")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+type scenario struct {
+	name          string
+	nemeses       []string
+	size          int           // default 3
+	snapshotCount uint64        // default: the server's
+	faultFor      time.Duration // default 2s
+	healFor       time.Duration // default 1s
+}
+
+// TestFaults runs each scenario: a workload against a cluster while its
+// nemeses strike in turn, then everything is healed, every member must
+// serve again, every key is read from every member, and the history must
+// be linearizable with no acknowledged write lost and no member crashed by
+// itself.
+func TestFaults(t *testing.T) {
+	all := nemesis.All()
+	var mixed []string
+	for name := range all {
+		if name != "churn" { // added members cannot be cut from single peers
+			mixed = append(mixed, name)
+		}
+	}
+	scenarios := []scenario{
+		{name: "kill", nemeses: []string{"kill"}},
+		{name: "kill-leader", nemeses: []string{"kill-leader"}},
+		{name: "kill-majority", nemeses: []string{"kill-majority"}, faultFor: 1500 * time.Millisecond},
+		{name: "pause", nemeses: []string{"pause", "pause-leader"}},
+		{name: "isolate", nemeses: []string{"isolate"}},
+		{name: "split", nemeses: []string{"split"}, size: 5},
+		{name: "cut-leader", nemeses: []string{"cut-leader"}},
+		{name: "churn", nemeses: []string{"churn", "kill", "isolate"}, snapshotCount: 100},
+		{name: "snapshot-crash", nemeses: []string{"snapshot-crash"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
+		{name: "torn-wal", nemeses: []string{"torn-wal"}},
+		{name: "mixed", nemeses: mixed, snapshotCount: 200},
+	}
+	for _, sc := range scenarios {
+		t.Run(sc.name, func(t *testing.T) { runScenario(t, sc) })
+	}
+}
+
+func runScenario(t *testing.T, sc scenario) {
+	if sc.size == 0 {
+		sc.size = 3
+	}
+	if sc.faultFor == 0 {
+		sc.faultFor = 2 * time.Second
+	}
+	if sc.healFor == 0 {
+		sc.healFor = time.Second
+	}
+	var nems []nemesis.Nemesis
+	for _, name := range sc.nemeses {
+		n := nemesis.All()[name]
+		if n == nil {
+			t.Fatalf("no nemesis %q", name)
+		}
+		nems = append(nems, n)
+	}
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("RAFTEXAMPLE_FAULT_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("RAFTEXAMPLE_FAULT_SEED=%q: %v", s, err)
+		}
+		seed = v
+	}
+	dir, err := os.MkdirTemp(os.Getenv("RAFTEXAMPLE_FAULT_DIR"), "raftexample-faults-"+sc.name+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &run{t: t, dir: dir}
+	defer r.finish()
+	r.logf("scenario %s: nemeses %v, %d members, seed %d, workload %v", sc.name, sc.nemeses, sc.size, seed, duration)
+
+	ctx, cancel := context.WithTimeout(context.Background(), duration+5*time.Minute)
+	defer cancel()
+	c, err := cluster.Start(ctx, cluster.Options{
+		Binary: serverBin, Dir: dir, Size: sc.size, SnapshotCount: sc.snapshotCount, Logf: t.Logf,
+	})
+	if err != nil {
+		r.fail("start: %v", err)
+		return
+	}
+	defer c.Close()
+	r.cluster = c
+	if _, err := c.Leader(ctx); err != nil {
+		r.fail("%v", err)
+		return
+	}
+
+	h := workload.NewHistory(workload.Config{Endpoints: c.ClientURLs, Clients: 6, Keys: 8})
+	defer h.Close()
+	wctx, stop := context.WithTimeout(ctx, duration)
+	defer stop()
+	ran := make(chan struct{})
+	go func() {
+		defer close(ran)
+		h.Run(wctx)
+	}()
+	if err := nemesis.Schedule(wctx, c, rand.New(rand.NewPCG(seed, seed)), nems, sc.faultFor, sc.healFor); err != nil {
+		r.fail("%v", err)
+	}
+	<-ran
+
+	if err := nemesis.HealAll(ctx, c); err != nil {
+		r.fail("heal: %v", err)
+	}
+	if err := c.WaitReady(ctx, 30*time.Second); err != nil {
+		r.fail("no recovery after healing: %v", err)
+	}
+	fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+	if err := h.FinalReads(fctx, c.ClientURLs()); err != nil {
+		r.fail("%v", err)
+	}
+	fcancel()
+	for _, u := range c.Unexpected() {
+		r.fail("%s", u)
+	}
+	res := h.Check(time.Minute)
+	r.result = res
+	r.logf("%s", res)
+	if !res.OK() {
+		r.fail("history check failed: %s", res)
+	}
+	if n := res.Counts; n.PutsOK < 20 || n.GetsOK < 20 {
+		r.fail("the workload made too little progress to prove anything: %s", n)
+	}
+}
+
+// run collects one scenario's failures; on failure it keeps the directory
+// with every member's log and data, events.log and history.html.
+type run struct {
+	t        *testing.T
+	dir      string
+	cluster  *cluster.Cluster
+	result   *workload.Result
+	failures []string
+}
+
+func (r *run) logf(format string, args ...any) {
+	r.t.Helper()
+	r.t.Logf(format, args...)
+	if r.cluster != nil {
+		r.cluster.Logf(format, args...)
+	}
+}
+
+func (r *run) fail(format string, args ...any) {
+	r.t.Helper()
+	r.failures = append(r.failures, fmt.Sprintf(format, args...))
+}
+
+func (r *run) finish() {
+	r.t.Helper()
+	if r.cluster != nil {
+		r.cluster.Close()
+	}
+	if len(r.failures) == 0 && !r.t.Failed() {
+		os.RemoveAll(r.dir)
+		return
+	}
+	if r.result != nil {
+		if err := r.result.Report(r.dir); err != nil {
+			r.failures = append(r.failures, "writing the report: "+err.Error())
+		}
+	}
+	r.t.Fatalf("%s\nlogs, data, events.log and history.html kept in %s", strings.Join(r.failures, "\n"), filepath.Clean(r.dir))
+}

@@ -1,0 +1,376 @@
+// Package nemesis injects faults into a cluster run by package cluster:
+// crashes, pauses, partitions, membership churn, crashes while a snapshot
+// is written, and torn WAL tails. Each nemesis can run alone or mixed with
+// others on a schedule.
+package nemesis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"raftexample/internal/cluster"
+)
+
+// Nemesis is one kind of fault. Inject starts it; Heal undoes it (restarts
+// what it killed, mends what it cut). A schedule calls them in turn from one
+// goroutine; an Inject that finds nothing to do returns an error and the
+// schedule moves on.
+type Nemesis interface {
+	Name() string
+	Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error
+	Heal(ctx context.Context, c *cluster.Cluster) error
+}
+
+// All returns one of each nemesis, by name.
+func All() map[string]Nemesis {
+	m := map[string]Nemesis{}
+	for _, n := range []Nemesis{
+		&kill{}, &kill{leader: true}, &killMajority{}, &pause{}, &pause{leader: true},
+		&isolate{}, &split{}, &cutLeader{}, &churn{}, &snapshotCrash{}, &tornWAL{},
+	} {
+		m[n.Name()] = n
+	}
+	return m
+}
+
+// Schedule runs rounds until ctx ends: a quiet spell of healFor, then one
+// nemesis is injected for faultFor and healed. Nemeses take turns in a
+// random order that is shuffled again after each has had its turn. A round
+// in progress when ctx ends is still healed.
+func Schedule(ctx context.Context, c *cluster.Cluster, rng *rand.Rand, nemeses []Nemesis, faultFor, healFor time.Duration) error {
+	var turns []Nemesis
+	for {
+		if !sleep(ctx, healFor) {
+			return nil
+		}
+		if len(turns) == 0 {
+			turns = slices.Clone(nemeses)
+			rng.Shuffle(len(turns), func(i, j int) { turns[i], turns[j] = turns[j], turns[i] })
+		}
+		n := turns[0]
+		turns = turns[1:]
+		if err := n.Inject(ctx, c, rng); err != nil {
+			c.Logf("nemesis %s: nothing injected: %v", n.Name(), err)
+			continue
+		}
+		sleep(ctx, faultFor)
+		hctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := n.Heal(hctx, c)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("nemesis %s: heal: %w", n.Name(), err)
+		}
+	}
+}
+
+// HealAll undoes whatever is left: mends every link, resumes paused
+// members and restarts stopped ones (not removed ones).
+func HealAll(ctx context.Context, c *cluster.Cluster) error {
+	c.HealLinks()
+	var errs []error
+	for _, id := range c.IDs(cluster.Paused) {
+		errs = append(errs, c.Resume(id))
+	}
+	for _, id := range c.IDs(cluster.Stopped) {
+		errs = append(errs, c.Restart(ctx, id))
+	}
+	return errors.Join(errs...)
+}
+
+// sleep waits d or until ctx ends; it reports whether ctx is still live.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// pick chooses a running member: the leader if leader is set, else any one
+// (but not excluded ones).
+func pick(ctx context.Context, c *cluster.Cluster, rng *rand.Rand, leader bool, exclude ...uint64) (uint64, error) {
+	if leader {
+		lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return c.Leader(lctx)
+	}
+	var ids []uint64
+	for _, id := range c.IDs(cluster.Running) {
+		if !slices.Contains(exclude, id) {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) == 0 {
+		return 0, errors.New("no running member to pick")
+	}
+	return ids[rng.IntN(len(ids))], nil
+}
+
+// follower picks a running member that is not the leader.
+func follower(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) (uint64, error) {
+	lead, err := pick(ctx, c, rng, true)
+	if err != nil {
+		return 0, err
+	}
+	return pick(ctx, c, rng, false, lead)
+}
+
+// restartAll restarts the given members.
+func restartAll(ctx context.Context, c *cluster.Cluster, ids []uint64) error {
+	var errs []error
+	for _, id := range ids {
+		if c.State(id) == cluster.Stopped {
+			errs = append(errs, c.Restart(ctx, id))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// kill: kill -9 a random member (or the leader), restart it on heal.
+type kill struct {
+	leader bool
+	victim uint64
+}
+
+func (k *kill) Name() string {
+	if k.leader {
+		return "kill-leader"
+	}
+	return "kill"
+}
+
+func (k *kill) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := pick(ctx, c, rng, k.leader)
+	if err != nil {
+		return err
+	}
+	k.victim = id
+	return c.Kill(id)
+}
+
+func (k *kill) Heal(ctx context.Context, c *cluster.Cluster) error {
+	return restartAll(ctx, c, []uint64{k.victim})
+}
+
+// killMajority: kill -9 a majority, one member after another, so that the
+// cluster loses its quorum while writes are in flight; restart them on heal.
+type killMajority struct{ victims []uint64 }
+
+func (k *killMajority) Name() string { return "kill-majority" }
+
+func (k *killMajority) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	members := c.IDs(cluster.Running, cluster.Paused, cluster.Stopped)
+	running := c.IDs(cluster.Running)
+	rng.Shuffle(len(running), func(i, j int) { running[i], running[j] = running[j], running[i] })
+	k.victims = nil
+	down := len(members) - len(running)
+	for _, id := range running {
+		if down > len(members)/2 {
+			break
+		}
+		if err := c.Kill(id); err != nil {
+			return err
+		}
+		k.victims = append(k.victims, id)
+		down++
+		sleep(ctx, 300*time.Millisecond)
+	}
+	if len(k.victims) == 0 {
+		return errors.New("a majority is down already")
+	}
+	return nil
+}
+
+func (k *killMajority) Heal(ctx context.Context, c *cluster.Cluster) error {
+	return restartAll(ctx, c, k.victims)
+}
+
+// pause: SIGSTOP a random member (or the leader); SIGCONT on heal. A paused
+// leader still holds connections and, once resumed, still thinks it leads.
+type pause struct {
+	leader bool
+	victim uint64
+}
+
+func (p *pause) Name() string {
+	if p.leader {
+		return "pause-leader"
+	}
+	return "pause"
+}
+
+func (p *pause) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := pick(ctx, c, rng, p.leader)
+	if err != nil {
+		return err
+	}
+	p.victim = id
+	return c.Pause(id)
+}
+
+func (p *pause) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if c.State(p.victim) == cluster.Paused {
+		return c.Resume(p.victim)
+	}
+	return nil
+}
+
+// isolate: cut every path to and from a random member.
+type isolate struct{}
+
+func (*isolate) Name() string { return "isolate" }
+
+func (*isolate) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := pick(ctx, c, rng, false)
+	if err != nil {
+		return err
+	}
+	return c.Isolate(id)
+}
+
+func (*isolate) Heal(ctx context.Context, c *cluster.Cluster) error {
+	c.HealLinks()
+	return nil
+}
+
+// split: divide the members into a random majority and minority.
+type split struct{}
+
+func (*split) Name() string { return "split" }
+
+func (*split) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	ids := c.IDs(cluster.Running, cluster.Paused, cluster.Stopped)
+	if len(ids) < 3 {
+		return errors.New("fewer than 3 members")
+	}
+	rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	minority := 1 + rng.IntN((len(ids)-1)/2)
+	if err := c.Partition(ids[:minority], ids[minority:]); err != nil {
+		c.HealLinks() // a partial cut must not outlive the round
+		return err
+	}
+	return nil
+}
+
+func (*split) Heal(ctx context.Context, c *cluster.Cluster) error {
+	c.HealLinks()
+	return nil
+}
+
+// cutLeader: isolate the leader and hand it writes it can never commit, so
+// that it holds uncommitted entries in its log when it rejoins; the new
+// leader must overwrite them.
+type cutLeader struct{}
+
+func (*cutLeader) Name() string { return "cut-leader" }
+
+func (*cutLeader) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := pick(ctx, c, rng, true)
+	if err != nil {
+		return err
+	}
+	if err := c.Isolate(id); err != nil {
+		return err
+	}
+	// Besides the workload's requests: writes to keys of its own, which the
+	// workload never reads, so their fate does not matter to the check.
+	client := &http.Client{Timeout: 2 * time.Second}
+	for i := range 3 {
+		go func() {
+			url := fmt.Sprintf("%s/nemesis/uncommitted-%d", c.ClientURL(id), i)
+			req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader("never"))
+			if resp, err := client.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	return nil
+}
+
+func (*cutLeader) Heal(ctx context.Context, c *cluster.Cluster) error {
+	c.HealLinks()
+	return nil
+}
+
+// churn: remove a random follower, then add a fresh member (new id,
+// --join) on heal.
+type churn struct{}
+
+func (*churn) Name() string { return "churn" }
+
+func (*churn) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := follower(ctx, c, rng)
+	if err != nil {
+		return err
+	}
+	return c.RemoveNode(ctx, id)
+}
+
+func (*churn) Heal(ctx context.Context, c *cluster.Cluster) error {
+	_, err := c.AddNode(ctx)
+	return err
+}
+
+// snapshotCrash: kill -9 a member the moment it starts writing a snapshot
+// (or after 5 s without one); restart it on heal. Run the cluster with a
+// small snapshot count so that snapshots, and snapshot transfers to the
+// restarted member, happen all the time.
+type snapshotCrash struct{ victim uint64 }
+
+func (*snapshotCrash) Name() string { return "snapshot-crash" }
+
+func (s *snapshotCrash) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := pick(ctx, c, rng, false)
+	if err != nil {
+		return err
+	}
+	s.victim = id
+	select {
+	case <-c.WatchLog(id, "saving snapshot"):
+		c.Logf("member %d started a snapshot", id)
+	case <-time.After(5 * time.Second):
+		c.Logf("member %d started no snapshot within 5s", id)
+	case <-ctx.Done():
+	}
+	return c.Kill(id)
+}
+
+func (s *snapshotCrash) Heal(ctx context.Context, c *cluster.Cluster) error {
+	return restartAll(ctx, c, []uint64{s.victim})
+}
+
+// tornWAL: kill -9 a member, leave its newest WAL segment ending in a
+// torn record (see cluster.TearWAL), restart it on heal and wait until it
+// has caught up with the leader.
+type tornWAL struct{ victim uint64 }
+
+func (*tornWAL) Name() string { return "torn-wal" }
+
+func (t *tornWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	id, err := pick(ctx, c, rng, false)
+	if err != nil {
+		return err
+	}
+	t.victim = id
+	if err := c.Kill(id); err != nil {
+		return err
+	}
+	_, err = c.TearWAL(id)
+	return err
+}
+
+func (t *tornWAL) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if err := restartAll(ctx, c, []uint64{t.victim}); err != nil {
+		return err
+	}
+	return c.WaitCaughtUp(ctx, t.victim, 30*time.Second)
+}

@@ -1,0 +1,279 @@
+// Package workload drives concurrent clients against raftexample members,
+// records every request as an operation with its call and return times, and
+// checks the history for linearizability with porcupine.
+//
+// Every PUT writes a value never written before, so a read names the write
+// it saw. A PUT that failed in a way that leaves its fate open (a timeout, a
+// 5xx, a connection lost after sending) is ambiguous: it may have taken
+// effect at any time after its call.
+package workload
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// Config describes a workload. Zero values take the defaults noted.
+type Config struct {
+	// Endpoints returns the client URLs to pick from for each request; it is
+	// called per request, so members may come and go.
+	Endpoints func() []string
+	Clients   int           // concurrent clients; default 8
+	Keys      int           // distinct keys; default 10
+	KeyPrefix string        // prepended to every key; default "workload/"
+	Timeout   time.Duration // per request; default 3s
+	Think     time.Duration // pause between a client's requests; default 2ms
+	Reads     float64       // share of GETs; default 0.5
+}
+
+func (c *Config) defaults() {
+	if c.Clients == 0 {
+		c.Clients = 8
+	}
+	if c.Keys == 0 {
+		c.Keys = 10
+	}
+	if c.KeyPrefix == "" {
+		c.KeyPrefix = "workload/"
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 3 * time.Second
+	}
+	if c.Think == 0 {
+		c.Think = 2 * time.Millisecond
+	}
+	if c.Reads == 0 {
+		c.Reads = 0.5
+	}
+}
+
+// Kind is an operation's kind.
+type Kind uint8
+
+const (
+	Get Kind = iota
+	Put
+)
+
+// Input is what a client asked.
+type Input struct {
+	Kind       Kind
+	Key, Value string
+	Endpoint   string // the member asked (for reports only)
+}
+
+// Output is what it was told.
+type Output struct {
+	Value   string
+	Found   bool
+	Unknown bool // a PUT whose outcome is unknown
+}
+
+// Counts summarizes a history.
+type Counts struct {
+	PutsOK, PutsAmbiguous, PutsFailed int
+	GetsOK, GetsFailed                int
+	FinalReads                        int
+}
+
+func (c Counts) String() string {
+	return fmt.Sprintf("%d PUT acknowledged, %d PUT ambiguous, %d PUT refused; %d GET answered, %d GET failed; %d final reads",
+		c.PutsOK, c.PutsAmbiguous, c.PutsFailed, c.GetsOK, c.GetsFailed, c.FinalReads)
+}
+
+// History is the record of a workload. Safe for concurrent use.
+type History struct {
+	cfg   Config
+	start time.Time
+	http  *http.Client
+
+	mu     sync.Mutex // guards ops and counts
+	ops    []porcupine.Operation
+	counts Counts
+}
+
+// NewHistory prepares a workload; Run drives it.
+func NewHistory(cfg Config) *History {
+	cfg.defaults()
+	return &History{
+		cfg:   cfg,
+		start: time.Now(),
+		http: &http.Client{
+			Timeout:   cfg.Timeout,
+			Transport: &http.Transport{MaxIdleConnsPerHost: cfg.Clients + 4, DisableCompression: true},
+		},
+	}
+}
+
+// Close lets go of idle connections.
+func (h *History) Close() { h.http.CloseIdleConnections() }
+
+// Counts returns the counts so far.
+func (h *History) Counts() Counts {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.counts
+}
+
+func (h *History) now() int64 { return int64(time.Since(h.start)) }
+
+// Run drives the clients until ctx ends and every client has returned.
+func (h *History) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for client := range h.cfg.Clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.client(ctx, client)
+		}()
+	}
+	wg.Wait()
+}
+
+func (h *History) client(ctx context.Context, client int) {
+	rng := rand.New(rand.NewPCG(uint64(client), uint64(h.start.UnixNano())))
+	for seq := 0; ctx.Err() == nil; seq++ {
+		eps := h.cfg.Endpoints()
+		if len(eps) == 0 {
+			sleep(ctx, 50*time.Millisecond)
+			continue
+		}
+		ep := eps[rng.IntN(len(eps))]
+		key := h.cfg.KeyPrefix + fmt.Sprintf("k%d", rng.IntN(h.cfg.Keys))
+		if rng.Float64() < h.cfg.Reads {
+			h.get(ctx, client, ep, key)
+		} else {
+			h.put(ctx, client, ep, key, fmt.Sprintf("c%d-%d", client, seq))
+		}
+		sleep(ctx, h.cfg.Think/2+time.Duration(rng.Int64N(int64(h.cfg.Think)+1)))
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func keyURL(endpoint, key string) string {
+	return endpoint + "/" + (&url.URL{Path: key}).EscapedPath()
+}
+
+func (h *History) put(ctx context.Context, client int, ep, key, value string) {
+	in := Input{Kind: Put, Key: key, Value: value, Endpoint: ep}
+	call := h.now()
+	// The request is not tied to ctx: ending the workload must not turn
+	// requests in flight into ambiguous ones it caused itself.
+	req, _ := http.NewRequest(http.MethodPut, keyURL(ep, key), strings.NewReader(value))
+	resp, err := h.http.Do(req)
+	var code int
+	if err == nil {
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		code = resp.StatusCode
+	}
+	ret := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	switch {
+	case code == http.StatusNoContent:
+		h.counts.PutsOK++
+		h.record(client, in, Output{}, call, ret)
+	case code/100 == 4, err != nil && notSent(err):
+		h.counts.PutsFailed++ // refused, or never reached the member: no effect
+	default:
+		h.counts.PutsAmbiguous++
+		h.record(client, in, Output{Unknown: true}, call, ret)
+	}
+}
+
+// notSent reports whether a request failed before any byte reached the
+// server (the connection could not be made).
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (h *History) get(ctx context.Context, client int, ep, key string) {
+	in := Input{Kind: Get, Key: key, Endpoint: ep}
+	call := h.now()
+	out, ok := h.read(ctx, ep, key)
+	ret := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !ok {
+		h.counts.GetsFailed++ // a read that failed has no effect
+		return
+	}
+	h.counts.GetsOK++
+	h.record(client, in, out, call, ret)
+}
+
+// read does one linearizable GET; ok is false if it got no answer.
+func (h *History) read(ctx context.Context, ep, key string) (out Output, ok bool) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, keyURL(ep, key), nil)
+	resp, err := h.http.Do(req)
+	if err != nil {
+		return Output{}, false
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	switch {
+	case err != nil:
+		return Output{}, false
+	case resp.StatusCode == http.StatusOK:
+		return Output{Value: string(body), Found: true}, true
+	case resp.StatusCode == http.StatusNotFound && strings.HasPrefix(string(body), "key not found"):
+		return Output{}, true
+	}
+	return Output{}, false
+}
+
+// record appends an operation; the caller holds h.mu.
+func (h *History) record(client int, in Input, out Output, call, ret int64) {
+	h.ops = append(h.ops, porcupine.Operation{ClientId: client, Input: in, Output: out, Call: call, Return: ret})
+}
+
+// FinalReads reads every key from every endpoint, retrying each read until
+// it is answered or ctx ends. Run them after healing every fault: they are
+// what shows a lost write.
+func (h *History) FinalReads(ctx context.Context, endpoints []string) error {
+	for i, ep := range endpoints {
+		client := h.cfg.Clients + i
+		for k := range h.cfg.Keys {
+			key := h.cfg.KeyPrefix + fmt.Sprintf("k%d", k)
+			for {
+				call := h.now()
+				rctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)
+				out, ok := h.read(rctx, ep, key)
+				cancel()
+				if ok {
+					h.mu.Lock()
+					h.counts.FinalReads++
+					h.record(client, Input{Kind: Get, Key: key, Endpoint: ep}, out, call, h.now())
+					h.mu.Unlock()
+					break
+				}
+				if ctx.Err() != nil {
+					return fmt.Errorf("final read of %s from %s: no answer: %w", key, ep, ctx.Err())
+				}
+				sleep(ctx, 100*time.Millisecond)
+			}
+		}
+	}
+	return nil
+}
