@@ -182,7 +182,7 @@ func runScenario(t *testing.T, sc scenario) {
 	r.result = res
 	r.logf("%s", res)
 	if !res.OK() {
-		r.fail("history check failed: %s", res)
+		r.fail("history check failed (verdict above)")
 	}
 	if n := res.Counts; n.PutsOK < 20 || n.GetsOK < 20 {
 		r.fail("the workload made too little progress to prove anything: %s", n)

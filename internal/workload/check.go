@@ -69,8 +69,8 @@ var Model = porcupine.Model{
 type Result struct {
 	Verdict porcupine.CheckResult // Ok, Illegal, or Unknown (the checker ran out of time)
 	Counts  Counts
-	// Lost lists acknowledged writes that the final reads contradict: writes
-	// that were certainly the last to their key, yet not what was read.
+	// Lost lists acknowledged writes that a final read (after healing)
+	// contradicts: writes certainly the last to their key, yet not read.
 	Lost []string
 	// Dropped is the number of ambiguous PUTs no read ever saw; they are
 	// left out of the check (leaving out an unseen write changes nothing
@@ -129,8 +129,8 @@ func (h *History) Check(timeout time.Duration) *Result {
 }
 
 // lostWrites finds acknowledged PUTs that began after every other PUT to
-// their key had returned (so they are certainly the last value), followed
-// by a read that ended after them and returned something else.
+// their key had returned (so they are certainly the last value), yet a
+// final read returned something else.
 func lostWrites(ops []porcupine.Operation) []string {
 	latest := map[string]porcupine.Operation{} // the PUT called last, per key
 	for _, op := range ops {
@@ -156,11 +156,11 @@ func lostWrites(ops []porcupine.Operation) []string {
 	for _, op := range ops {
 		in, out := op.Input.(Input), op.Output.(Output)
 		l, ok := sure[in.Key]
-		if in.Kind != Get || !ok || op.Call <= l.Return {
+		if in.Kind != Get || !in.Final || !ok || op.Call <= l.Return {
 			continue
 		}
 		if !out.Found || out.Value != l.Input.(Input).Value {
-			lost = append(lost, fmt.Sprintf("%s=%s acknowledged, later read %s via %s",
+			lost = append(lost, fmt.Sprintf("%s=%s acknowledged, final read %s via %s",
 				in.Key, l.Input.(Input).Value, Model.DescribeState(register{found: out.Found, value: out.Value}), in.Endpoint))
 		}
 	}

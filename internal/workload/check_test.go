@@ -14,6 +14,11 @@ func (h *History) add(kind Kind, key, value string, out Output, call, ret int64)
 	h.record(0, Input{Kind: kind, Key: key, Value: value}, out, call, ret)
 }
 
+// final records a final read.
+func (h *History) final(key string, out Output, call, ret int64) {
+	h.record(1, Input{Kind: Get, Key: key, Final: true}, out, call, ret)
+}
+
 func TestCheckerVerdicts(t *testing.T) {
 	found := func(v string) Output { return Output{Value: v, Found: true} }
 	cases := []struct {
@@ -32,11 +37,22 @@ func TestCheckerVerdicts(t *testing.T) {
 			h.add(Put, "a", "1", Output{}, 0, 1)
 			h.add(Put, "a", "2", Output{}, 2, 3)
 			h.add(Get, "a", "", found("1"), 4, 5)
-		}, porcupine.Illegal, 1, 0},
+		}, porcupine.Illegal, 0, 0},
 		{"lost acknowledged write", func(h *History) {
 			h.add(Put, "a", "1", Output{}, 0, 1)
-			h.add(Get, "a", "", Output{}, 4, 5)
+			h.add(Put, "a", "2", Output{}, 2, 3)
+			h.final("a", found("1"), 4, 5)
+			h.final("a", found("2"), 4, 5)
 		}, porcupine.Illegal, 1, 0},
+		{"acknowledged write missing", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			h.final("a", Output{}, 4, 5)
+		}, porcupine.Illegal, 1, 0},
+		{"overlapping writes are not surely last", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 10)
+			h.add(Put, "a", "2", Output{}, 2, 3)
+			h.final("a", found("1"), 11, 12)
+		}, porcupine.Ok, 0, 0},
 		{"concurrent writes, either order", func(h *History) {
 			h.add(Put, "a", "1", Output{}, 0, 10)
 			h.add(Put, "a", "2", Output{}, 1, 9)

@@ -71,6 +71,7 @@ type Input struct {
 	Kind       Kind
 	Key, Value string
 	Endpoint   string // the member asked (for reports only)
+	Final      bool   // one of the reads after healing
 }
 
 // Output is what it was told.
@@ -264,7 +265,7 @@ func (h *History) FinalReads(ctx context.Context, endpoints []string) error {
 				if ok {
 					h.mu.Lock()
 					h.counts.FinalReads++
-					h.record(client, Input{Kind: Get, Key: key, Endpoint: ep}, out, call, h.now())
+					h.record(client, Input{Kind: Get, Key: key, Endpoint: ep, Final: true}, out, call, h.now())
 					h.mu.Unlock()
 					break
 				}
