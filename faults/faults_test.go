@@ -150,7 +150,10 @@ func runScenario(t *testing.T, sc scenario) {
 		return
 	}
 
-	h := workload.NewHistory(workload.Config{Endpoints: c.ClientURLs, Clients: 6, Keys: 8})
+	// Longer runs spread over more keys, so that each key's history (what
+	// the checker searches) stays about as long as in the short run.
+	keys := 8 * max(1, int(duration/(8*time.Second)))
+	h := workload.NewHistory(workload.Config{Endpoints: c.ClientURLs, Clients: 6, Keys: min(keys, 400)})
 	defer h.Close()
 	wctx, stop := context.WithTimeout(ctx, duration)
 	defer stop()
@@ -178,7 +181,7 @@ func runScenario(t *testing.T, sc scenario) {
 	for _, u := range c.Unexpected() {
 		r.fail("%s", u)
 	}
-	res := h.Check(time.Minute)
+	res := h.Check(max(time.Minute, duration/4))
 	r.result = res
 	r.logf("%s", res)
 	if !res.OK() {
