@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,6 +83,7 @@ func TestFaults(t *testing.T) {
 			mixed = append(mixed, name)
 		}
 	}
+	slices.Sort(mixed)
 	scenarios := []scenario{
 		{name: "kill", nemeses: []string{"kill"}},
 		{name: "kill-leader", nemeses: []string{"kill-leader"}},

@@ -60,8 +60,8 @@ type Cluster struct {
 	opts   Options
 	client *http.Client
 
-	mu         sync.Mutex // guards everything below
-	nodes      map[uint64]*Node
+	mu         sync.Mutex          // guards everything below
+	nodes      map[uint64]*member  // every member ever started, removed ones too
 	links      map[[2]uint64]*link // {from, to}
 	inbound    map[uint64]*link    // how initial members reach a member added later
 	unexpected []string            // exits the harness did not cause
@@ -69,8 +69,9 @@ type Cluster struct {
 	closed     bool
 }
 
-// Node is one member. Its fields other than ID are owned by the Cluster.
-type Node struct {
+// member is one member and its current process; guarded by Cluster.mu
+// except for the fields set once at creation.
+type member struct {
 	ID         uint64
 	Joined     bool // added after start with --join
 	ClientURL  string
@@ -114,7 +115,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	c := &Cluster{
 		opts:    opts,
 		client:  &http.Client{Timeout: 2 * time.Second},
-		nodes:   map[uint64]*Node{},
+		nodes:   map[uint64]*member{},
 		links:   map[[2]uint64]*link{},
 		inbound: map[uint64]*link{},
 		events:  events,
@@ -158,7 +159,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	return c, nil
 }
 
-func (c *Cluster) newNode(id uint64) (*Node, error) {
+func (c *Cluster) newNode(id uint64) (*member, error) {
 	peerPort, err := freePort()
 	if err != nil {
 		return nil, err
@@ -171,7 +172,7 @@ func (c *Cluster) newNode(id uint64) (*Node, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	return &Node{
+	return &member{
 		ID:        id,
 		ClientURL: "http://127.0.0.1:" + strconv.Itoa(clientPort),
 		peerAddr:  "127.0.0.1:" + strconv.Itoa(peerPort),
@@ -181,25 +182,22 @@ func (c *Cluster) newNode(id uint64) (*Node, error) {
 	}, nil
 }
 
-// args builds a member's command line: its own --cluster entry is its peer
-// listener, every other entry is its link to that member.
-func (c *Cluster) args(n *Node, ids []uint64, join bool) []string {
-	peers := make([]string, n.ID)
-	for j := uint64(1); j <= n.ID; j++ {
-		if j == n.ID {
-			peers[j-1] = "http://" + n.peerAddr
-		} else {
-			peers[j-1] = "http://" + c.links[[2]uint64{n.ID, j}].addr()
+// args builds a member's command line for the given initial members (a
+// joining member lists every id up to its own). Its own --cluster entry is
+// its peer listener; every other entry is its link to that member.
+func (c *Cluster) args(n *member, ids []uint64, join bool) []string {
+	if join {
+		ids = nil
+		for j := uint64(1); j <= n.ID; j++ {
+			ids = append(ids, j)
 		}
 	}
-	if !join {
-		peers = peers[:0]
-		for _, j := range ids {
-			if j == n.ID {
-				peers = append(peers, "http://"+n.peerAddr)
-			} else {
-				peers = append(peers, "http://"+c.links[[2]uint64{n.ID, j}].addr())
-			}
+	var peers []string
+	for _, j := range ids {
+		if j == n.ID {
+			peers = append(peers, "http://"+n.peerAddr)
+		} else {
+			peers = append(peers, "http://"+c.links[[2]uint64{n.ID, j}].addr())
 		}
 	}
 	port := strings.TrimPrefix(n.ClientURL, "http://127.0.0.1:")
@@ -249,7 +247,7 @@ func (c *Cluster) Logf(format string, args ...any) {
 }
 
 // launch starts n's process; its stderr goes to n's log file.
-func (c *Cluster) launch(n *Node) error {
+func (c *Cluster) launch(n *member) error {
 	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("cluster: %w", err)
@@ -299,7 +297,7 @@ func exitText(err error) string {
 	return err.Error()
 }
 
-func (c *Cluster) notify(n *Node, line string) {
+func (c *Cluster) notify(n *member, line string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	kept := n.watchers[:0]
@@ -326,7 +324,7 @@ func (c *Cluster) WatchLog(id uint64, substr string) <-chan struct{} {
 }
 
 // waitServing waits until n answers GET /v1/status.
-func (c *Cluster) waitServing(ctx context.Context, n *Node) error {
+func (c *Cluster) waitServing(ctx context.Context, n *member) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	for {
@@ -383,7 +381,7 @@ func (c *Cluster) Status(ctx context.Context, id uint64) (*Status, error) {
 	return &st, nil
 }
 
-func (c *Cluster) node(id uint64) *Node {
+func (c *Cluster) node(id uint64) *member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.nodes[id]
@@ -455,7 +453,7 @@ func (c *Cluster) Leader(ctx context.Context) (uint64, error) {
 }
 
 // signal sends sig to member id's process and sets its state.
-func (c *Cluster) signal(id uint64, sig syscall.Signal, from []State, to State, expectExit bool) (*Node, error) {
+func (c *Cluster) signal(id uint64, sig syscall.Signal, from []State, to State, expectExit bool) (*member, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := c.nodes[id]
@@ -472,7 +470,7 @@ func (c *Cluster) signal(id uint64, sig syscall.Signal, from []State, to State, 
 	return n, nil
 }
 
-func stateOf(n *Node) string {
+func stateOf(n *member) string {
 	if n == nil {
 		return "unknown"
 	}

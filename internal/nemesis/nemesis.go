@@ -17,10 +17,10 @@ import (
 	"raftexample/internal/cluster"
 )
 
-// Nemesis is one kind of fault. Inject starts it; Heal undoes it (restarts
-// what it killed, mends what it cut). A schedule calls them in turn from one
-// goroutine; an Inject that finds nothing to do returns an error and the
-// schedule moves on.
+// Nemesis is one kind of fault. Inject starts it; Heal undoes whatever
+// Inject did (restarts what it killed, mends what it cut), also after an
+// Inject that failed halfway. A schedule calls them in turn from one
+// goroutine.
 type Nemesis interface {
 	Name() string
 	Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error
@@ -56,10 +56,10 @@ func Schedule(ctx context.Context, c *cluster.Cluster, rng *rand.Rand, nemeses [
 		n := turns[0]
 		turns = turns[1:]
 		if err := n.Inject(ctx, c, rng); err != nil {
-			c.Logf("nemesis %s: nothing injected: %v", n.Name(), err)
-			continue
+			c.Logf("nemesis %s: not injected: %v", n.Name(), err)
+		} else {
+			sleep(ctx, faultFor)
 		}
-		sleep(ctx, faultFor)
 		hctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		err := n.Heal(hctx, c)
 		cancel()
@@ -149,6 +149,7 @@ func (k *kill) Name() string {
 }
 
 func (k *kill) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	k.victim = 0
 	id, err := pick(ctx, c, rng, k.leader)
 	if err != nil {
 		return err
@@ -209,6 +210,7 @@ func (p *pause) Name() string {
 }
 
 func (p *pause) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	p.victim = 0
 	id, err := pick(ctx, c, rng, p.leader)
 	if err != nil {
 		return err
@@ -303,19 +305,27 @@ func (*cutLeader) Heal(ctx context.Context, c *cluster.Cluster) error {
 
 // churn: remove a random follower, then add a fresh member (new id,
 // --join) on heal.
-type churn struct{}
+type churn struct{ removed bool }
 
 func (*churn) Name() string { return "churn" }
 
-func (*churn) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+func (ch *churn) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	ch.removed = false
 	id, err := follower(ctx, c, rng)
 	if err != nil {
 		return err
 	}
-	return c.RemoveNode(ctx, id)
+	if err := c.RemoveNode(ctx, id); err != nil {
+		return err
+	}
+	ch.removed = true
+	return nil
 }
 
-func (*churn) Heal(ctx context.Context, c *cluster.Cluster) error {
+func (ch *churn) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if !ch.removed {
+		return nil
+	}
 	_, err := c.AddNode(ctx)
 	return err
 }
@@ -329,6 +339,7 @@ type snapshotCrash struct{ victim uint64 }
 func (*snapshotCrash) Name() string { return "snapshot-crash" }
 
 func (s *snapshotCrash) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	s.victim = 0
 	id, err := pick(ctx, c, rng, false)
 	if err != nil {
 		return err
@@ -356,6 +367,7 @@ type tornWAL struct{ victim uint64 }
 func (*tornWAL) Name() string { return "torn-wal" }
 
 func (t *tornWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	t.victim = 0
 	id, err := pick(ctx, c, rng, false)
 	if err != nil {
 		return err
@@ -369,6 +381,9 @@ func (t *tornWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand
 }
 
 func (t *tornWAL) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if t.victim == 0 {
+		return nil
+	}
 	if err := restartAll(ctx, c, []uint64{t.victim}); err != nil {
 		return err
 	}
