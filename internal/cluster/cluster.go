@@ -63,7 +63,7 @@ type Cluster struct {
 	mu         sync.Mutex          // guards everything below
 	nodes      map[uint64]*member  // every member ever started, removed ones too
 	links      map[[2]uint64]*link // {from, to}
-	inbound    map[uint64]*link    // how initial members reach a member added later
+	inbound    map[uint64]*inboundLink // how earlier members reach a member added later
 	unexpected []string            // exits the harness did not cause
 	events     *os.File
 	closed     bool
@@ -117,7 +117,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		client:  &http.Client{Timeout: 2 * time.Second},
 		nodes:   map[uint64]*member{},
 		links:   map[[2]uint64]*link{},
-		inbound: map[uint64]*link{},
+		inbound: map[uint64]*inboundLink{},
 		events:  events,
 	}
 	ids := make([]uint64, opts.Size)
@@ -549,25 +549,34 @@ func (c *Cluster) Mend(a, b uint64) error { return c.setPath(a, b, false) }
 func (c *Cluster) setPath(a, b uint64, cut bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ab, ba := c.links[[2]uint64{a, b}], c.links[[2]uint64{b, a}]
-	if ab == nil || ba == nil {
-		return fmt.Errorf("cluster: no separate path between members %d and %d (a member added later can only be isolated)", a, b)
+	return c.setPathLocked(a, b, cut)
+}
+
+// setPathLocked sets both directions: member i reaches j through the link
+// i→j if j is in i's --cluster, else through j's inbound link.
+func (c *Cluster) setPathLocked(a, b uint64, cut bool) error {
+	for _, d := range [][2]uint64{{a, b}, {b, a}} {
+		if l := c.links[d]; l != nil {
+			l.setCut(cut)
+		} else if in := c.inbound[d[1]]; in != nil {
+			in.setCut(d[0], cut)
+		} else {
+			return fmt.Errorf("cluster: no path from member %d to %d", d[0], d[1])
+		}
 	}
-	ab.setCut(cut)
-	ba.setCut(cut)
 	return nil
 }
 
 // Isolate cuts every path to and from member id.
 func (c *Cluster) Isolate(id uint64) error {
 	c.mu.Lock()
-	for k, l := range c.links {
-		if k[0] == id || k[1] == id {
-			l.setCut(true)
+	for j, n := range c.nodes {
+		if j != id && n.state != Removed {
+			if err := c.setPathLocked(id, j, true); err != nil {
+				c.mu.Unlock()
+				return err
+			}
 		}
-	}
-	if in := c.inbound[id]; in != nil {
-		in.setCut(true)
 	}
 	c.mu.Unlock()
 	c.Logf("isolate member %d", id)
@@ -602,7 +611,7 @@ func (c *Cluster) HealLinks() {
 		l.setCut(false)
 	}
 	for _, l := range c.inbound {
-		l.setCut(false)
+		l.healAll()
 	}
 	c.mu.Unlock()
 	c.Logf("heal all links")

@@ -123,6 +123,33 @@ func TestHarness(t *testing.T) {
 	if err != nil || len(st.Members) != 3 {
 		t.Fatalf("status of the new member: %+v %v", st, err)
 	}
+	// A member added later can be cut from single peers too.
+	if err := c.Partition([]uint64{id}, []uint64{1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	// Cut off, it loses its leader (or, leading, steps down) within an
+	// election timeout.
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		st, err := c.Status(ctx, id)
+		if err == nil && st.Leader == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("member %d still has a leader when cut off: %+v %v", id, st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for put(t, c.ClientURL(1), "d", "2") != http.StatusNoContent {
+		if time.Now().After(deadline) {
+			t.Fatal("majority side takes no writes")
+		}
+	}
+	c.HealLinks()
+	if err := c.WaitReady(ctx, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	if u := c.Unexpected(); len(u) > 0 {
 		t.Fatalf("unexpected exits: %v", u)
 	}

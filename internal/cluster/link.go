@@ -1,9 +1,14 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"log"
 	"net"
+	"net/http"
+	"net/http/httputil"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -121,4 +126,103 @@ func (l *link) close() {
 	l.mu.Unlock()
 	l.ln.Close()
 	l.wg.Wait()
+}
+
+// inboundLink stands in front of a member added after start. The earlier
+// members reach it at the URL given when it was added, the same for all of
+// them, so this proxy tells them apart by the X-Server-From header that
+// rafthttp puts on every stream and message request, and cuts per sender.
+type inboundLink struct {
+	ln    net.Listener
+	srv   *http.Server
+	proxy *httputil.ReverseProxy
+
+	mu     sync.Mutex // guards cut, all and active
+	cut    map[uint64]bool
+	all    bool // every sender is cut (the member was removed)
+	active map[uint64]map[*context.CancelFunc]struct{}
+}
+
+func newInboundLink(target string) (*inboundLink, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("inbound link listener: %w", err)
+	}
+	l := &inboundLink{ln: ln, cut: map[uint64]bool{}, active: map[uint64]map[*context.CancelFunc]struct{}{}}
+	l.proxy = &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.Out.URL.Scheme, r.Out.URL.Host = "http", target
+		},
+		FlushInterval: -1, // raft streams are long-lived responses
+		Transport:     &http.Transport{DialContext: (&net.Dialer{Timeout: time.Second}).DialContext},
+		ErrorLog:      log.New(io.Discard, "", 0),
+	}
+	l.srv = &http.Server{Handler: l, ErrorLog: log.New(io.Discard, "", 0)}
+	go l.srv.Serve(ln)
+	return l, nil
+}
+
+func (l *inboundLink) addr() string { return l.ln.Addr().String() }
+
+func (l *inboundLink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	from, _ := strconv.ParseUint(r.Header.Get("X-Server-From"), 16, 64)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	l.mu.Lock()
+	if l.all || l.cut[from] {
+		l.mu.Unlock()
+		http.Error(w, "cut by the test harness", http.StatusServiceUnavailable)
+		return
+	}
+	if l.active[from] == nil {
+		l.active[from] = map[*context.CancelFunc]struct{}{}
+	}
+	l.active[from][&cancel] = struct{}{}
+	l.mu.Unlock()
+	defer func() {
+		l.mu.Lock()
+		delete(l.active[from], &cancel)
+		l.mu.Unlock()
+	}()
+	l.proxy.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// setCut cuts (or heals) the path from member from; its requests in
+// flight, streams included, are aborted.
+func (l *inboundLink) setCut(from uint64, cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cut[from] = cut
+	if cut {
+		for cancel := range l.active[from] {
+			(*cancel)()
+		}
+	}
+}
+
+// setAll cuts every sender at once, for good: the member was removed.
+func (l *inboundLink) setAll(cut bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.all = cut
+	if cut {
+		for _, reqs := range l.active {
+			for cancel := range reqs {
+				(*cancel)()
+			}
+		}
+	}
+}
+
+// healAll heals every sender's path (not a removed member's).
+func (l *inboundLink) healAll() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	clear(l.cut)
+}
+
+func (l *inboundLink) close() {
+	l.setAll(true)
+	l.srv.Close()
+	l.proxy.Transport.(*http.Transport).CloseIdleConnections()
 }

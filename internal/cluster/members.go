@@ -11,8 +11,8 @@ import (
 
 // AddNode adds a member with the next unused id: it asks a running member
 // to add it (POST /<id>), then starts it with --join and waits until it
-// serves HTTP. Initial members reach the new member through one shared link,
-// so it can later be isolated but not cut from single peers.
+// serves HTTP. Earlier members reach the new member through its inbound
+// link, which cuts per sender, so its paths can be cut like any other.
 func (c *Cluster) AddNode(ctx context.Context) (uint64, error) {
 	c.mu.Lock()
 	var id uint64
@@ -26,7 +26,7 @@ func (c *Cluster) AddNode(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	n.Joined = true
-	in, err := newLink(n.peerAddr)
+	in, err := newInboundLink(n.peerAddr)
 	if err != nil {
 		return 0, err
 	}
@@ -91,7 +91,7 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 	c.mu.Lock()
 	n.state = Removed
 	if in := c.inbound[id]; in != nil {
-		in.setCut(true)
+		in.setAll(true)
 	}
 	c.mu.Unlock()
 	return nil
