@@ -60,11 +60,11 @@ type Cluster struct {
 	opts   Options
 	client *http.Client
 
-	mu         sync.Mutex          // guards everything below
-	nodes      map[uint64]*member  // every member ever started, removed ones too
-	links      map[[2]uint64]*link // {from, to}
+	mu         sync.Mutex              // guards everything below
+	nodes      map[uint64]*member      // every member ever started, removed ones too
+	links      map[[2]uint64]*link     // {from, to}
 	inbound    map[uint64]*inboundLink // how earlier members reach a member added later
-	unexpected []string            // exits the harness did not cause
+	unexpected []string                // exits the harness did not cause
 	events     *os.File
 	closed     bool
 }
