@@ -90,10 +90,10 @@ type statusReply struct {
 	Commit    uint64   `json:"commit"`
 	Applied   uint64   `json:"applied"`
 	Keys      int      `json:"keys"`
-	Members   []member `json:"members"`
+	Members   []statusMember `json:"members"`
 }
 
-type member struct {
+type statusMember struct {
 	ID      uint64 `json:"id"`
 	PeerURL string `json:"peerURL"`
 }
@@ -103,12 +103,12 @@ func (h *httpAPI) status(w http.ResponseWriter) {
 	applied, keys := h.store.Applied()
 	reply := statusReply{
 		ID: st.ID, Leader: st.Lead, Term: st.HardState.GetTerm(), RaftState: raftStateName(st.RaftState),
-		Commit: st.HardState.GetCommit(), Applied: applied, Keys: keys, Members: []member{},
+		Commit: st.HardState.GetCommit(), Applied: applied, Keys: keys, Members: []statusMember{},
 	}
 	for id, u := range h.store.Members() {
-		reply.Members = append(reply.Members, member{ID: id, PeerURL: u})
+		reply.Members = append(reply.Members, statusMember{ID: id, PeerURL: u})
 	}
-	slices.SortFunc(reply.Members, func(a, b member) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(reply.Members, func(a, b statusMember) int { return cmp.Compare(a.ID, b.ID) })
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(reply)
 }
