@@ -83,13 +83,13 @@ func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
 
 // statusReply is the body of GET /v1/status.
 type statusReply struct {
-	ID        uint64   `json:"id"`
-	Leader    uint64   `json:"leader"` // 0 while no leader is known
-	Term      uint64   `json:"term"`
-	RaftState string   `json:"raftState"`
-	Commit    uint64   `json:"commit"`
-	Applied   uint64   `json:"applied"`
-	Keys      int      `json:"keys"`
+	ID        uint64         `json:"id"`
+	Leader    uint64         `json:"leader"` // 0 while no leader is known
+	Term      uint64         `json:"term"`
+	RaftState string         `json:"raftState"`
+	Commit    uint64         `json:"commit"`
+	Applied   uint64         `json:"applied"`
+	Keys      int            `json:"keys"`
 	Members   []statusMember `json:"members"`
 }
 
