@@ -88,6 +88,7 @@ func TestFaults(t *testing.T) {
 		{name: "pause", nemeses: []string{"pause", "pause-leader"}},
 		{name: "isolate", nemeses: []string{"isolate"}},
 		{name: "split", nemeses: []string{"split"}, size: 5},
+		{name: "stall", nemeses: []string{"stall"}},
 		{name: "cut-leader", nemeses: []string{"cut-leader"}},
 		{name: "churn", nemeses: []string{"churn", "kill", "split"}, snapshotCount: 100},
 		{name: "snapshot-crash", nemeses: []string{"snapshot-crash"}, snapshotCount: 50, healFor: 500 * time.Millisecond},

@@ -540,27 +540,42 @@ func (c *Cluster) Restart(ctx context.Context, id uint64) error {
 	return c.waitServing(ctx, n)
 }
 
+// PathFault is how a cut path fails.
+type PathFault int
+
+const (
+	// Refuse closes the path's connections and refuses new ones: senders
+	// learn at once.
+	Refuse PathFault = iota
+	// Stall stops moving bytes but keeps connections: senders time out, and
+	// what they sent arrives late, after healing. A member added later is
+	// reached from earlier members through an HTTP proxy that can only
+	// refuse, so on those paths Stall refuses.
+	Stall
+)
+
+func (f PathFault) String() string { return [...]string{"refuse", "stall"}[f] }
+
 // Cut cuts the path between members a and b in both directions.
-func (c *Cluster) Cut(a, b uint64) error { return c.setPath(a, b, true) }
-
-// Mend heals the path between members a and b.
-func (c *Cluster) Mend(a, b uint64) error { return c.setPath(a, b, false) }
-
-func (c *Cluster) setPath(a, b uint64, cut bool) error {
+func (c *Cluster) Cut(a, b uint64, f PathFault) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.setPathLocked(a, b, cut)
+	return c.cutLocked(a, b, f)
 }
 
-// setPathLocked sets both directions: member i reaches j through the link
-// i→j if j is in i's --cluster, else through j's inbound link.
-func (c *Cluster) setPathLocked(a, b uint64, cut bool) error {
+// cutLocked cuts both directions: member i reaches j through the link i→j
+// if j is in i's --cluster, else through j's inbound link.
+func (c *Cluster) cutLocked(a, b uint64, f PathFault) error {
 	for _, d := range [][2]uint64{{a, b}, {b, a}} {
-		if l := c.links[d]; l != nil {
-			l.setCut(cut)
-		} else if in := c.inbound[d[1]]; in != nil {
-			in.setCut(d[0], cut)
-		} else {
+		l, in := c.links[d], c.inbound[d[1]]
+		switch {
+		case l != nil && f == Stall:
+			l.setStall(true)
+		case l != nil:
+			l.setCut(true)
+		case in != nil:
+			in.setCut(d[0], true)
+		default:
 			return fmt.Errorf("cluster: no path from member %d to %d", d[0], d[1])
 		}
 	}
@@ -568,23 +583,23 @@ func (c *Cluster) setPathLocked(a, b uint64, cut bool) error {
 }
 
 // Isolate cuts every path to and from member id.
-func (c *Cluster) Isolate(id uint64) error {
+func (c *Cluster) Isolate(id uint64, f PathFault) error {
 	c.mu.Lock()
 	for j, n := range c.nodes {
 		if j != id && n.state != Removed {
-			if err := c.setPathLocked(id, j, true); err != nil {
+			if err := c.cutLocked(id, j, f); err != nil {
 				c.mu.Unlock()
 				return err
 			}
 		}
 	}
 	c.mu.Unlock()
-	c.Logf("isolate member %d", id)
+	c.Logf("isolate member %d (%v)", id, f)
 	return nil
 }
 
 // Partition cuts every path between members of different groups.
-func (c *Cluster) Partition(groups ...[]uint64) error {
+func (c *Cluster) Partition(f PathFault, groups ...[]uint64) error {
 	group := map[uint64]int{}
 	for g, ids := range groups {
 		for _, id := range ids {
@@ -594,13 +609,13 @@ func (c *Cluster) Partition(groups ...[]uint64) error {
 	for a, ga := range group {
 		for b, gb := range group {
 			if a < b && ga != gb {
-				if err := c.Cut(a, b); err != nil {
+				if err := c.Cut(a, b, f); err != nil {
 					return err
 				}
 			}
 		}
 	}
-	c.Logf("partition %v", groups)
+	c.Logf("partition %v (%v)", groups, f)
 	return nil
 }
 
@@ -609,6 +624,7 @@ func (c *Cluster) HealLinks() {
 	c.mu.Lock()
 	for _, l := range c.links {
 		l.setCut(false)
+		l.setStall(false)
 	}
 	for _, l := range c.inbound {
 		l.healAll()

@@ -66,7 +66,7 @@ func TestHarness(t *testing.T) {
 	if code := put(t, c.ClientURL(lead), "a", "1"); code != http.StatusNoContent {
 		t.Fatalf("put: %d", code)
 	}
-	c.Isolate(lead)
+	c.Isolate(lead, Refuse)
 	if code := put(t, c.ClientURL(lead), "b", "1"); code != http.StatusServiceUnavailable {
 		t.Fatalf("put on an isolated leader: %d, want 503", code)
 	}
@@ -75,10 +75,12 @@ func TestHarness(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Partition {1} | {2,3}: the majority side takes writes.
-	if err := c.Partition([]uint64{1}, []uint64{2, 3}); err != nil {
+	// Stall {1} | {2,3}: member 1 loses its leader, the majority side
+	// takes writes.
+	if err := c.Partition(Stall, []uint64{1}, []uint64{2, 3}); err != nil {
 		t.Fatal(err)
 	}
+	waitNoLeader(t, c, 1)
 	deadline := time.Now().Add(10 * time.Second)
 	for put(t, c.ClientURL(2), "c", "1") != http.StatusNoContent {
 		if time.Now().After(deadline) {
@@ -124,22 +126,10 @@ func TestHarness(t *testing.T) {
 		t.Fatalf("status of the new member: %+v %v", st, err)
 	}
 	// A member added later can be cut from single peers too.
-	if err := c.Partition([]uint64{id}, []uint64{1, 2}); err != nil {
+	if err := c.Partition(Refuse, []uint64{id}, []uint64{1, 2}); err != nil {
 		t.Fatal(err)
 	}
-	// Cut off, it loses its leader (or, leading, steps down) within an
-	// election timeout.
-	deadline = time.Now().Add(5 * time.Second)
-	for {
-		st, err := c.Status(ctx, id)
-		if err == nil && st.Leader == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("member %d still has a leader when cut off: %+v %v", id, st, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitNoLeader(t, c, id)
 	deadline = time.Now().Add(10 * time.Second)
 	for put(t, c.ClientURL(1), "d", "2") != http.StatusNoContent {
 		if time.Now().After(deadline) {
@@ -155,5 +145,23 @@ func TestHarness(t *testing.T) {
 	}
 	if got := c.IDs(Running); len(got) != 3 || got[2] != id {
 		t.Fatalf("running: %v", got)
+	}
+}
+
+// waitNoLeader waits until a member that was cut off has no leader: a
+// follower gives up on its leader, a leader steps down (CheckQuorum), within
+// an election timeout.
+func waitNoLeader(t *testing.T, c *Cluster, id uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := c.Status(context.Background(), id)
+		if err == nil && st.Leader == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("member %d still has a leader when cut off: %+v %v", id, st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

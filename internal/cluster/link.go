@@ -15,15 +15,21 @@ import (
 
 // link is a TCP proxy standing for one direction of a network path: member
 // i reaches member j's peer listener through link i→j, because i's --cluster
-// names the link's address for j. Cutting a link drops its connections and
-// refuses new ones until it is healed, which is what a partition looks like
-// to rafthttp (it redials every 100 ms).
+// names the link's address for j.
+//
+// A cut link drops its connections and refuses new ones until healed: the
+// sender learns at once (rafthttp redials every 100 ms). A stalled link
+// keeps its connections but stops moving bytes, so the sender's buffers
+// fill and its requests time out, as behind a router that drops packets;
+// when it is healed the held bytes arrive late.
 type link struct {
-	ln     net.Listener
-	target string // the peer listener the link forwards to
+	ln      net.Listener
+	target  string        // the peer listener the link forwards to
+	stopped chan struct{} // closed by close
 
-	mu     sync.Mutex // guards cut, closed and conns
+	mu     sync.Mutex // guards cut, open, closed and conns
 	cut    bool
+	open   chan struct{} // closed while bytes may flow; a fresh one while stalled
 	closed bool
 	conns  map[net.Conn]struct{} // both ends of every forwarded connection
 
@@ -35,7 +41,8 @@ func newLink(target string) (*link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("link listener: %w", err)
 	}
-	l := &link{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	l := &link{ln: ln, target: target, stopped: make(chan struct{}), open: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	close(l.open)
 	l.wg.Add(1)
 	go l.accept()
 	return l, nil
@@ -80,6 +87,9 @@ func (l *link) untrack(c net.Conn) {
 func (l *link) forward(down net.Conn) {
 	defer l.wg.Done()
 	defer l.untrack(down)
+	if !l.waitOpen() {
+		return
+	}
 	up, err := net.DialTimeout("tcp", l.target, time.Second)
 	if err != nil {
 		return // the target is down: the dialer sees a closed connection
@@ -90,13 +100,62 @@ func (l *link) forward(down net.Conn) {
 	}
 	defer l.untrack(up)
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(up, down); done <- struct{}{} }()
-	go func() { io.Copy(down, up); done <- struct{}{} }()
+	go func() { l.pump(up, down); done <- struct{}{} }()
+	go func() { l.pump(down, up); done <- struct{}{} }()
 	<-done
 	// One direction ended: close both so the other copy returns too.
 	down.Close()
 	up.Close()
 	<-done
+}
+
+// pump copies src to dst while the link is open; while it is stalled it
+// neither reads nor writes.
+func (l *link) pump(dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for l.waitOpen() {
+		n, err := src.Read(buf)
+		if n > 0 {
+			if !l.waitOpen() {
+				return
+			}
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// waitOpen waits while the link is stalled; false if it was closed.
+func (l *link) waitOpen() bool {
+	l.mu.Lock()
+	open := l.open
+	l.mu.Unlock()
+	select {
+	case <-open:
+		return true
+	case <-l.stopped:
+		return false
+	}
+}
+
+// setStall stalls (true) or releases (false) the link.
+func (l *link) setStall(stall bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.open: // flowing
+		if stall {
+			l.open = make(chan struct{})
+		}
+	default: // stalled
+		if !stall {
+			close(l.open)
+		}
+	}
 }
 
 // setCut cuts (true) or heals (false) the link.
@@ -111,15 +170,10 @@ func (l *link) setCut(cut bool) {
 	}
 }
 
-func (l *link) isCut() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.cut
-}
-
 func (l *link) close() {
 	l.mu.Lock()
 	l.closed = true
+	close(l.stopped)
 	for c := range l.conns {
 		c.Close()
 	}

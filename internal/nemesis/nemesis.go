@@ -32,7 +32,7 @@ func All() map[string]Nemesis {
 	m := map[string]Nemesis{}
 	for _, n := range []Nemesis{
 		&kill{}, &kill{leader: true}, &killMajority{}, &pause{}, &pause{leader: true},
-		&isolate{}, &split{}, &cutLeader{}, &churn{}, &snapshotCrash{}, &tornWAL{},
+		&isolate{}, &split{}, &split{stall: true}, &cutLeader{}, &churn{}, &snapshotCrash{}, &tornWAL{},
 	} {
 		m[n.Name()] = n
 	}
@@ -236,7 +236,7 @@ func (*isolate) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) 
 	if err != nil {
 		return err
 	}
-	return c.Isolate(id)
+	return c.Isolate(id, cluster.Refuse)
 }
 
 func (*isolate) Heal(ctx context.Context, c *cluster.Cluster) error {
@@ -244,19 +244,29 @@ func (*isolate) Heal(ctx context.Context, c *cluster.Cluster) error {
 	return nil
 }
 
-// split: divide the members into a random majority and minority.
-type split struct{}
+// split: divide the members into a random majority and minority; with
+// stall, the paths between them stall instead of refusing connections.
+type split struct{ stall bool }
 
-func (*split) Name() string { return "split" }
+func (s *split) Name() string {
+	if s.stall {
+		return "stall"
+	}
+	return "split"
+}
 
-func (*split) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+func (s *split) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
 	ids := c.IDs(cluster.Running, cluster.Paused, cluster.Stopped)
 	if len(ids) < 3 {
 		return errors.New("fewer than 3 members")
 	}
 	rng.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
 	minority := 1 + rng.IntN((len(ids)-1)/2)
-	if err := c.Partition(ids[:minority], ids[minority:]); err != nil {
+	f := cluster.Refuse
+	if s.stall {
+		f = cluster.Stall
+	}
+	if err := c.Partition(f, ids[:minority], ids[minority:]); err != nil {
 		c.HealLinks() // a partial cut must not outlive the round
 		return err
 	}
@@ -270,7 +280,8 @@ func (*split) Heal(ctx context.Context, c *cluster.Cluster) error {
 
 // cutLeader: isolate the leader and hand it writes it can never commit, so
 // that it holds uncommitted entries in its log when it rejoins; the new
-// leader must overwrite them.
+// leader must overwrite them. Its paths stall, so what it sent while cut
+// off arrives late, after healing.
 type cutLeader struct{}
 
 func (*cutLeader) Name() string { return "cut-leader" }
@@ -280,7 +291,7 @@ func (*cutLeader) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand
 	if err != nil {
 		return err
 	}
-	if err := c.Isolate(id); err != nil {
+	if err := c.Isolate(id, cluster.Stall); err != nil {
 		return err
 	}
 	// Besides the workload's requests: writes to keys of its own, which the
