@@ -282,7 +282,9 @@ func (c *Cluster) launch(n *member) error {
 		c.mu.Lock()
 		if !n.expectExit {
 			c.unexpected = append(c.unexpected, fmt.Sprintf("member %d exited by itself (%s); see %s", n.ID, exitText(err), n.logPath))
-			n.state = Stopped
+		}
+		if n.state == Running || n.state == Paused {
+			n.state = Stopped // e.g. a member exiting on its removal: no more requests to it
 		}
 		c.mu.Unlock()
 		close(exited)
