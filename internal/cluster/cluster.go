@@ -80,10 +80,13 @@ type member struct {
 	logPath    string
 	args       []string
 	state      State
-	expectExit bool
-	proc       *os.Process
-	exited     chan struct{} // closed when the current process has exited
-	watchers   []*watcher
+	expectExit bool // the harness signalled the process to end
+	// mayBeRemoved: a DELETE was sent for it, so exiting with status 0
+	// (what a removed member does) is no surprise.
+	mayBeRemoved bool
+	proc         *os.Process
+	exited       chan struct{} // closed when the current process has exited
+	watchers     []*watcher
 }
 
 type watcher struct {
@@ -280,7 +283,7 @@ func (c *Cluster) launch(n *member) error {
 		fmt.Fprintf(logf, "=== harness: exited: %v\n", exitText(err))
 		logf.Close()
 		c.mu.Lock()
-		if !n.expectExit {
+		if !n.expectExit && !(n.mayBeRemoved && err == nil) {
 			c.unexpected = append(c.unexpected, fmt.Sprintf("member %d exited by itself (%s); see %s", n.ID, exitText(err), n.logPath))
 		}
 		if n.state == Running || n.state == Paused {

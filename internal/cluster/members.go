@@ -66,15 +66,17 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 		return fmt.Errorf("cluster: member %d is not in the cluster", id)
 	}
 	wasAlive := n.state == Running || n.state == Paused
-	n.expectExit = true // exiting is what a removed member does
+	// From now on the removal may commit at any time, even if no answer
+	// says so: exiting with status 0 is then what the member should do.
+	n.mayBeRemoved = true
 	c.mu.Unlock()
 
 	if err := c.change(ctx, http.MethodDelete, id, "", "removed earlier"); err != nil {
-		c.mu.Lock()
-		n.expectExit = n.state == Stopped
-		c.mu.Unlock()
 		return fmt.Errorf("cluster: remove member %d: %w", id, err)
 	}
+	c.mu.Lock()
+	n.expectExit = true
+	c.mu.Unlock()
 	c.Logf("removed member %d", id)
 	if c.State(id) == Paused {
 		c.Resume(id)
