@@ -254,16 +254,14 @@ func (l *inboundLink) setCut(from uint64, cut bool) {
 	}
 }
 
-// setAll cuts every sender at once, for good: the member was removed.
-func (l *inboundLink) setAll(cut bool) {
+// cutAll cuts every sender at once, for good: the member was removed.
+func (l *inboundLink) cutAll() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.all = cut
-	if cut {
-		for _, reqs := range l.active {
-			for cancel := range reqs {
-				(*cancel)()
-			}
+	l.all = true
+	for _, reqs := range l.active {
+		for cancel := range reqs {
+			(*cancel)()
 		}
 	}
 }
@@ -276,7 +274,7 @@ func (l *inboundLink) healAll() {
 }
 
 func (l *inboundLink) close() {
-	l.setAll(true)
+	l.cutAll()
 	l.srv.Close()
 	l.proxy.Transport.(*http.Transport).CloseIdleConnections()
 }

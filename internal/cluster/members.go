@@ -93,7 +93,7 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 	c.mu.Lock()
 	n.state = Removed
 	if in := c.inbound[id]; in != nil {
-		in.setAll(true)
+		in.cutAll()
 	}
 	c.mu.Unlock()
 	return nil

@@ -31,8 +31,8 @@ type Nemesis interface {
 func All() map[string]Nemesis {
 	m := map[string]Nemesis{}
 	for _, n := range []Nemesis{
-		&kill{}, &kill{leader: true}, &killMajority{}, &pause{}, &pause{leader: true},
-		&isolate{}, &split{}, &split{stall: true}, &cutLeader{}, &churn{}, &snapshotCrash{}, &tornWAL{},
+		kill(false), kill(true), &killMajority{}, pause(false), pause(true),
+		&isolate{}, &split{}, &split{stall: true}, &cutLeader{}, &churn{}, snapshotCrash(), tornWAL(),
 	} {
 		m[n.Name()] = n
 	}
@@ -135,31 +135,47 @@ func restartAll(ctx context.Context, c *cluster.Cluster, ids []uint64) error {
 	return errors.Join(errs...)
 }
 
-// kill: kill -9 a random member (or the leader), restart it on heal.
-type kill struct {
+// onOne is a fault on one member, picked at random (or the leader): strike
+// hits it, heal undoes that. Heal after a failed pick does nothing.
+type onOne struct {
+	name   string
 	leader bool
+	strike func(ctx context.Context, c *cluster.Cluster, id uint64) error
+	heal   func(ctx context.Context, c *cluster.Cluster, id uint64) error
 	victim uint64
 }
 
-func (k *kill) Name() string {
-	if k.leader {
-		return "kill-leader"
-	}
-	return "kill"
-}
+func (o *onOne) Name() string { return o.name }
 
-func (k *kill) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
-	k.victim = 0
-	id, err := pick(ctx, c, rng, k.leader)
+func (o *onOne) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	o.victim = 0
+	id, err := pick(ctx, c, rng, o.leader)
 	if err != nil {
 		return err
 	}
-	k.victim = id
-	return c.Kill(id)
+	o.victim = id
+	return o.strike(ctx, c, id)
 }
 
-func (k *kill) Heal(ctx context.Context, c *cluster.Cluster) error {
-	return restartAll(ctx, c, []uint64{k.victim})
+func (o *onOne) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if o.victim == 0 {
+		return nil
+	}
+	return o.heal(ctx, c, o.victim)
+}
+
+func restart(ctx context.Context, c *cluster.Cluster, id uint64) error {
+	return restartAll(ctx, c, []uint64{id})
+}
+
+// kill: kill -9 a random member (or the leader), restart it on heal.
+func kill(leader bool) *onOne {
+	name := "kill"
+	if leader {
+		name = "kill-leader"
+	}
+	return &onOne{name: name, leader: leader, heal: restart,
+		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error { return c.Kill(id) }}
 }
 
 // killMajority: kill -9 a majority, one member after another, so that the
@@ -197,33 +213,19 @@ func (k *killMajority) Heal(ctx context.Context, c *cluster.Cluster) error {
 
 // pause: SIGSTOP a random member (or the leader); SIGCONT on heal. A paused
 // leader still holds connections and, once resumed, still thinks it leads.
-type pause struct {
-	leader bool
-	victim uint64
-}
-
-func (p *pause) Name() string {
-	if p.leader {
-		return "pause-leader"
+func pause(leader bool) *onOne {
+	name := "pause"
+	if leader {
+		name = "pause-leader"
 	}
-	return "pause"
-}
-
-func (p *pause) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
-	p.victim = 0
-	id, err := pick(ctx, c, rng, p.leader)
-	if err != nil {
-		return err
-	}
-	p.victim = id
-	return c.Pause(id)
-}
-
-func (p *pause) Heal(ctx context.Context, c *cluster.Cluster) error {
-	if c.State(p.victim) == cluster.Paused {
-		return c.Resume(p.victim)
-	}
-	return nil
+	return &onOne{name: name, leader: leader,
+		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error { return c.Pause(id) },
+		heal: func(_ context.Context, c *cluster.Cluster, id uint64) error {
+			if c.State(id) == cluster.Paused {
+				return c.Resume(id)
+			}
+			return nil
+		}}
 }
 
 // isolate: cut every path to and from a random member.
@@ -345,58 +347,36 @@ func (ch *churn) Heal(ctx context.Context, c *cluster.Cluster) error {
 // (or after 5 s without one); restart it on heal. Run the cluster with a
 // small snapshot count so that snapshots, and snapshot transfers to the
 // restarted member, happen all the time.
-type snapshotCrash struct{ victim uint64 }
-
-func (*snapshotCrash) Name() string { return "snapshot-crash" }
-
-func (s *snapshotCrash) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
-	s.victim = 0
-	id, err := pick(ctx, c, rng, false)
-	if err != nil {
-		return err
-	}
-	s.victim = id
-	select {
-	case <-c.WatchLog(id, "saving snapshot"):
-		c.Logf("member %d started a snapshot", id)
-	case <-time.After(5 * time.Second):
-		c.Logf("member %d started no snapshot within 5s", id)
-	case <-ctx.Done():
-	}
-	return c.Kill(id)
-}
-
-func (s *snapshotCrash) Heal(ctx context.Context, c *cluster.Cluster) error {
-	return restartAll(ctx, c, []uint64{s.victim})
+func snapshotCrash() *onOne {
+	return &onOne{name: "snapshot-crash", heal: restart,
+		strike: func(ctx context.Context, c *cluster.Cluster, id uint64) error {
+			select {
+			case <-c.WatchLog(id, "saving snapshot"):
+				c.Logf("member %d started a snapshot", id)
+			case <-time.After(5 * time.Second):
+				c.Logf("member %d started no snapshot within 5s", id)
+			case <-ctx.Done():
+			}
+			return c.Kill(id)
+		}}
 }
 
 // tornWAL: kill -9 a member, leave its newest WAL segment ending in a
 // torn record (see cluster.TearWAL), restart it on heal and wait until it
 // has caught up with the leader.
-type tornWAL struct{ victim uint64 }
-
-func (*tornWAL) Name() string { return "torn-wal" }
-
-func (t *tornWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
-	t.victim = 0
-	id, err := pick(ctx, c, rng, false)
-	if err != nil {
-		return err
-	}
-	t.victim = id
-	if err := c.Kill(id); err != nil {
-		return err
-	}
-	_, err = c.TearWAL(id)
-	return err
-}
-
-func (t *tornWAL) Heal(ctx context.Context, c *cluster.Cluster) error {
-	if t.victim == 0 {
-		return nil
-	}
-	if err := restartAll(ctx, c, []uint64{t.victim}); err != nil {
-		return err
-	}
-	return c.WaitCaughtUp(ctx, t.victim, 30*time.Second)
+func tornWAL() *onOne {
+	return &onOne{name: "torn-wal",
+		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error {
+			if err := c.Kill(id); err != nil {
+				return err
+			}
+			_, err := c.TearWAL(id)
+			return err
+		},
+		heal: func(ctx context.Context, c *cluster.Cluster, id uint64) error {
+			if err := restart(ctx, c, id); err != nil {
+				return err
+			}
+			return c.WaitCaughtUp(ctx, id, 30*time.Second)
+		}}
 }
