@@ -20,6 +20,8 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"raftexample/internal/ports"
 )
 
 func TestMain(m *testing.M) {
@@ -65,14 +67,16 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// freePort reserves a port for the rest of the test (see internal/ports:
+// members restart on their ports, and other test processes run alongside).
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	r, err := ports.Reserve()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Cleanup(r.Release)
+	return r.Port
 }
 
 func newTestCluster(t testing.TB, n int, mod func(*config)) *testCluster {

@@ -13,8 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +23,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"raftexample/internal/ports"
 )
 
 // Options describe a cluster. Zero values take the defaults noted.
@@ -66,6 +66,7 @@ type Cluster struct {
 	inbound    map[uint64]*inboundLink // how earlier members reach a member added later
 	unexpected []string                // exits the harness did not cause
 	events     *os.File
+	ports      []*ports.Reservation // every member's ports; released by Close
 	closed     bool
 }
 
@@ -163,11 +164,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 }
 
 func (c *Cluster) newNode(id uint64) (*member, error) {
-	peerPort, err := freePort()
+	peerPort, err := c.reservePort()
 	if err != nil {
 		return nil, err
 	}
-	clientPort, err := freePort()
+	clientPort, err := c.reservePort()
 	if err != nil {
 		return nil, err
 	}
@@ -222,18 +223,17 @@ func (c *Cluster) args(n *member, ids []uint64, join bool) []string {
 	return args
 }
 
-// freePort picks a port below Linux's ephemeral range, so that the many
-// client connections of a test cannot take it while a member is down.
-func freePort() (int, error) {
-	for range 200 {
-		p := 20000 + rand.IntN(12000)
-		ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
-		if err == nil {
-			ln.Close()
-			return p, nil
-		}
+// reservePort holds a port for c until Close, so that no other test, in
+// this process or another, can take it while a member is down.
+func (c *Cluster) reservePort() (int, error) {
+	r, err := ports.Reserve()
+	if err != nil {
+		return 0, fmt.Errorf("cluster: %w", err)
 	}
-	return 0, errors.New("cluster: no free port found")
+	c.mu.Lock()
+	c.ports = append(c.ports, r)
+	c.mu.Unlock()
+	return r.Port, nil
 }
 
 // Logf records an event in events.log (and Options.Logf).
@@ -333,8 +333,14 @@ func (c *Cluster) waitServing(ctx context.Context, n *member) error {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	for {
-		if _, err := c.Status(ctx, n.ID); err == nil {
+		st, err := c.Status(ctx, n.ID)
+		if err == nil && st.ID == n.ID {
 			return nil
+		}
+		if err == nil {
+			// Reservations keep harnesses apart; this catches anything else
+			// that answers on the member's port.
+			return fmt.Errorf("cluster: member %d's port is served by member %d of another cluster; see %s", n.ID, st.ID, n.logPath)
 		}
 		c.mu.Lock()
 		exited := n.exited
@@ -675,5 +681,8 @@ func (c *Cluster) Close() {
 	}
 	c.events.Close()
 	c.events = nil
+	for _, r := range c.ports {
+		r.Release()
+	}
 	c.client.CloseIdleConnections()
 }
