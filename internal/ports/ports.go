@@ -60,6 +60,18 @@ func Reserve() (*Reservation, error) {
 
 // lock takes port p's lock; it returns nil if someone else holds it.
 func lock(p int) (*os.File, error) {
+	f, err := openLock(p)
+	if err != nil {
+		return nil, err
+	}
+	if !claim(f) {
+		f.Close()
+		return nil, nil
+	}
+	return f, nil
+}
+
+func openLock(p int) (*os.File, error) {
 	dir := filepath.Join(os.TempDir(), "raftexample-ports")
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		return nil, fmt.Errorf("ports: lock dir: %w", err)
@@ -68,18 +80,29 @@ func lock(p int) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ports: lock file: %w", err)
 	}
+	return f, nil
+}
+
+// claim locks the open lock file f, if no one else holds it.
+func claim(f *os.File) bool {
 	// flock locks belong to the open file, so a second reservation of the
 	// same port in this very process fails too.
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		return nil, nil
+		return false
 	}
-	return f, nil
+	// Release removes the file before it unlocks, so that no lock files
+	// pile up. Whoever opened the file before it was removed gets a lock on
+	// a file no longer at the path, which guards nothing: check that the
+	// path still names the file locked.
+	held, err1 := f.Stat()
+	named, err2 := os.Stat(f.Name())
+	return err1 == nil && err2 == nil && os.SameFile(held, named)
 }
 
 // Release lets the port be handed out again. Releasing twice is harmless.
 func (r *Reservation) Release() {
 	if r.lock != nil {
+		os.Remove(r.lock.Name())
 		r.lock.Close()
 		r.lock = nil
 	}

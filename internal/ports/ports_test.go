@@ -1,6 +1,9 @@
 package ports
 
-import "testing"
+import (
+	"os"
+	"testing"
+)
 
 // flock locks belong to the open file, so reservations in one process
 // conflict as they do across processes. 600 picks from 12000 ports would
@@ -52,6 +55,32 @@ func tryLock(t *testing.T, p int) bool {
 	if f == nil {
 		return false
 	}
-	f.Close()
+	(&Reservation{Port: p, lock: f}).Release()
 	return true
+}
+
+// A lock file opened before its holder released it (another process caught
+// between open and flock) must not count as the port's lock once the file
+// is gone, or two could hold the port: that one and the next Reserve.
+func TestLockOnARemovedFileDoesNotHoldThePort(t *testing.T) {
+	r, err := Reserve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := openLock(r.Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer late.Close()
+	name := late.Name()
+	r.Release()
+	if _, err := os.Stat(name); !os.IsNotExist(err) {
+		t.Fatalf("lock file %s left behind after Release (stat: %v)", name, err)
+	}
+	if claim(late) {
+		t.Fatalf("a lock on the removed file of port %d counted as holding it", r.Port)
+	}
+	if !tryLock(t, r.Port) {
+		t.Fatalf("port %d cannot be locked after Release", r.Port)
+	}
 }
