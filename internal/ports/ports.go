@@ -26,8 +26,8 @@ import (
 )
 
 const (
-	min  = 20000
-	span = 12000
+	firstPort = 20000
+	portCount = 12000
 )
 
 // Reservation is a port held until Release.
@@ -39,7 +39,7 @@ type Reservation struct {
 // Reserve picks a free port and holds it.
 func Reserve() (*Reservation, error) {
 	for range 500 {
-		p := min + rand.IntN(span)
+		p := firstPort + rand.IntN(portCount)
 		f, err := lock(p)
 		if err != nil {
 			return nil, err
