@@ -34,6 +34,7 @@ type httpAPI struct {
 	lg              *zap.Logger
 	store           *kvstore
 	raftStatus      func() raft.Status
+	logBounds       func() logBounds
 	requestTimeout  time.Duration
 	maxRequestBytes int64
 }
@@ -89,6 +90,9 @@ type statusReply struct {
 	RaftState string         `json:"raftState"`
 	Commit    uint64         `json:"commit"`
 	Applied   uint64         `json:"applied"`
+	Snapshot  uint64         `json:"snapshot"`  // newest snapshot's index
+	Compacted uint64         `json:"compacted"` // log discarded up to here
+	LastIndex uint64         `json:"lastIndex"` // last entry persisted here
 	Keys      int            `json:"keys"`
 	Members   []statusMember `json:"members"`
 }
@@ -101,9 +105,11 @@ type statusMember struct {
 func (h *httpAPI) status(w http.ResponseWriter) {
 	st := h.raftStatus()
 	applied, keys := h.store.Applied()
+	lb := h.logBounds()
 	reply := statusReply{
 		ID: st.ID, Leader: st.Lead, Term: st.HardState.GetTerm(), RaftState: raftStateName(st.RaftState),
-		Commit: st.HardState.GetCommit(), Applied: applied, Keys: keys, Members: []statusMember{},
+		Commit: st.HardState.GetCommit(), Applied: applied, Snapshot: lb.snapshot, Compacted: lb.compacted, LastIndex: lb.last,
+		Keys: keys, Members: []statusMember{},
 	}
 	for id, u := range h.store.Members() {
 		reply.Members = append(reply.Members, statusMember{ID: id, PeerURL: u})

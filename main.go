@@ -239,7 +239,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		removed: make(chan struct{}),
 		stopc:   make(chan struct{}),
 		api: &http.Server{
-			Handler:           &httpAPI{lg: lg, store: kv, raftStatus: rn.status, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes},
+			Handler:           &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes},
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),

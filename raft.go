@@ -5,13 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,7 +21,6 @@ import (
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	stats "go.etcd.io/etcd/server/v3/etcdserver/api/v2stats"
 	"go.etcd.io/etcd/server/v3/storage/wal"
-	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -86,6 +81,9 @@ type raftNode struct {
 	// startSnap is the snapshot loaded at start, published first on commitC.
 	startSnap *raftpb.Snapshot
 	newWAL    bool // the WAL was created by this start: a new member
+	// diskState describes the WAL and snapshot files as found at start, for
+	// the log line of a raft panic (which most often means they lost data).
+	diskState string
 	// stopCtx is cancelled by stop; it bounds raft calls made for requests.
 	stopCtx    context.Context
 	cancelStop context.CancelFunc
@@ -135,85 +133,6 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 	return rc, nil
 }
 
-func walMetadata(id uint64) []byte {
-	return []byte("raftexample node-id=" + strconv.FormatUint(id, 10))
-}
-
-func (rc *raftNode) openWAL() error {
-	if !wal.Exist(rc.cfg.waldir) {
-		if err := os.MkdirAll(filepath.Dir(rc.cfg.waldir), 0o750); err != nil {
-			return fmt.Errorf("create data dir: %w", err)
-		}
-		w, err := wal.Create(rc.lg, rc.cfg.waldir, walMetadata(rc.cfg.id))
-		if err != nil {
-			return fmt.Errorf("create wal %s: %w", rc.cfg.waldir, err)
-		}
-		rc.wal = w
-		rc.newWAL = true
-		return nil
-	}
-
-	walSnaps, err := wal.ValidSnapshotEntries(rc.lg, rc.cfg.waldir)
-	if err != nil {
-		return fmt.Errorf("list snapshots recorded in wal %s: %w", rc.cfg.waldir, err)
-	}
-	snapshot, err := rc.snapshotter.LoadNewestAvailable(walSnaps)
-	if err != nil && !errors.Is(err, snap.ErrNoSnapshot) {
-		return fmt.Errorf("load snapshot from %s: %w", rc.cfg.snapdir, err)
-	}
-	start := &walpb.Snapshot{Index: new(uint64(0)), Term: new(uint64(0))}
-	if snapshot != nil {
-		start = &walpb.Snapshot{Index: new(snapshot.GetMetadata().GetIndex()), Term: new(snapshot.GetMetadata().GetTerm())}
-	}
-
-	var (
-		meta []byte
-		st   *raftpb.HardState
-		ents []*raftpb.Entry
-	)
-	for repaired := false; ; repaired = true {
-		w, err := wal.Open(rc.lg, rc.cfg.waldir, start)
-		if errors.Is(err, fileutil.ErrLocked) {
-			return fmt.Errorf("data directory %s is in use by another running raftexample", rc.cfg.waldir)
-		}
-		if err != nil {
-			return fmt.Errorf("open wal %s: %w", rc.cfg.waldir, err)
-		}
-		meta, st, ents, err = w.ReadAll()
-		if err == nil {
-			rc.wal = w
-			break
-		}
-		w.Close()
-		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("read wal %s: %w", rc.cfg.waldir, err)
-		}
-		rc.lg.Warn("wal ends in a torn write (crash during a write); repairing", zap.String("dir", rc.cfg.waldir))
-		if !wal.Repair(rc.lg, rc.cfg.waldir) {
-			return fmt.Errorf("repair wal %s: %w", rc.cfg.waldir, err)
-		}
-	}
-	if want := walMetadata(rc.cfg.id); string(meta) != string(want) {
-		return fmt.Errorf("%w: %s holds %q, not %q", errWrongNode, rc.cfg.waldir, meta, want)
-	}
-
-	if snapshot != nil {
-		if err := rc.raftStorage.ApplySnapshot(snapshot); err != nil {
-			return fmt.Errorf("load snapshot into raft log: %w", err)
-		}
-		rc.startSnap = snapshot
-	}
-	if err := rc.raftStorage.SetHardState(st); err != nil {
-		return fmt.Errorf("load hard state: %w", err)
-	}
-	if err := rc.raftStorage.Append(ents); err != nil {
-		return fmt.Errorf("load wal entries: %w", err)
-	}
-	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
-		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
-	return nil
-}
-
 // start launches raft, then the peer transport (which steps messages into
 // raft), then the loops. The peer listener is already bound, so a port
 // conflict was reported before this.
@@ -231,7 +150,7 @@ func (rc *raftNode) start(isRemoved func(uint64) bool, peerLn *stoppableListener
 		CheckQuorum:               true,
 		PreVote:                   true,
 		StepDownOnRemoval:         true,
-		Logger:                    &raftLogger{s: rc.lg.Named("raft").WithOptions(zap.AddCallerSkip(1)).Sugar()},
+		Logger:                    &raftLogger{s: rc.lg.Named("raft").WithOptions(zap.AddCallerSkip(1)).Sugar(), diskState: rc.diskState},
 	}
 	switch {
 	case rc.newWAL && !rc.cfg.join:
@@ -366,6 +285,19 @@ func (rc *raftNode) readyLoop() {
 				rc.lg.Fatal("cannot write to the wal; stopping rather than risk losing acknowledged writes", zap.Error(err))
 			}
 			if snapToApply != nil {
+				// Save syncs only when entries, the term or the vote changed;
+				// here the commit index alone may have moved, and its record
+				// would sit in the WAL's buffer. The snapshot's WAL record
+				// counts at restart only once a durable hard state commits it
+				// (wal.ValidSnapshotEntries), so without this sync a crash
+				// from here on restarts the member on an older snapshot and a
+				// shorter log than it is about to report to the leader, and
+				// the leader's next heartbeat panics it (etcd #10219). Sync
+				// before the ack, the in-memory log and the purge rely on it.
+				failpoint("snapshot-install-before-sync")
+				if err := rc.wal.Sync(); err != nil {
+					rc.lg.Fatal("cannot sync the wal after installing a snapshot", zap.Error(err))
+				}
 				if err := rc.raftStorage.ApplySnapshot(snapToApply); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 					rc.lg.Fatal("apply snapshot to raft log", zap.Error(err))
 				}
@@ -378,6 +310,9 @@ func (rc *raftNode) readyLoop() {
 			}
 			if !isLeader {
 				rc.transport.Send(rc.prepareMessages(rd.Messages))
+			}
+			if snapToApply != nil {
+				failpoint("snapshot-install-acked")
 			}
 			for _, rs := range rd.ReadStates {
 				select {
@@ -425,17 +360,6 @@ func (rc *raftNode) prepareMessages(ms []*raftpb.Message) []*raftpb.Message {
 	return slices.DeleteFunc(ms, func(m *raftpb.Message) bool { return rc.isRemoved(m.GetTo()) })
 }
 
-// persistSnapshot writes a snapshot file, then its WAL record. Caller holds snapMu.
-func (rc *raftNode) persistSnapshot(s *raftpb.Snapshot) {
-	if err := rc.snapshotter.SaveSnap(s); err != nil {
-		rc.lg.Fatal("cannot save snapshot file", zap.Error(err))
-	}
-	md := s.GetMetadata()
-	if err := rc.wal.SaveSnapshot(&walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}); err != nil {
-		rc.lg.Fatal("cannot record snapshot in the wal", zap.Error(err))
-	}
-}
-
 // saveSnapshot persists a snapshot the state machine made at index and
 // compacts the log behind it. Called from the state machine's snapshot
 // goroutine; never blocks the ready loop except while a file is written.
@@ -452,6 +376,11 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte
 	if err != nil {
 		return fmt.Errorf("create snapshot at %d: %w", index, err)
 	}
+	// persistSnapshot's WAL record is synced, and with it the hard state
+	// that committed index: readyLoop saved that hard state before it
+	// published the entry that the state machine applied before this
+	// snapshot was taken, and the WAL writes records in order. So the
+	// snapshot is durable and valid at restart before anything is released.
 	rc.persistSnapshot(s)
 	keep := min(uint64(maxCatchUpWindow), rc.cfg.snapshotCount)
 	if index > keep {
@@ -461,44 +390,6 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte
 	}
 	rc.releaseWAL(index)
 	return nil
-}
-
-// releaseWAL lets go of WAL segments and snapshot files older than index.
-// Caller holds snapMu.
-func (rc *raftNode) releaseWAL(index uint64) {
-	if err := rc.wal.ReleaseLockTo(index); err != nil {
-		rc.lg.Warn("release wal segments", zap.Error(err))
-	}
-	purgeFiles(rc.lg, rc.cfg.waldir, ".wal", walFilesKept, true)
-	purgeFiles(rc.lg, rc.cfg.snapdir, ".snap", snapFilesKept, false)
-}
-
-// purgeFiles removes all but the newest keep files with suffix in dir. WAL
-// segments still locked by the open WAL are kept.
-func purgeFiles(lg *zap.Logger, dir, suffix string, keep int, locked bool) {
-	names, err := fileutil.ListFiles(dir, func(n string) bool { return strings.HasSuffix(n, suffix) })
-	if err != nil {
-		lg.Warn("list files to purge", zap.String("dir", dir), zap.Error(err))
-		return
-	}
-	slices.Sort(names) // names sort by sequence/term-index, oldest first
-	for _, path := range names[:max(0, len(names)-keep)] {
-		if locked {
-			l, err := fileutil.TryLockFile(path, os.O_WRONLY, fileutil.PrivateFileMode)
-			if err != nil {
-				return // still in use, and so is everything newer
-			}
-			err = os.Remove(path)
-			l.Close()
-			if err != nil {
-				lg.Warn("purge file", zap.String("path", path), zap.Error(err))
-			}
-			continue
-		}
-		if err := os.Remove(path); err != nil {
-			lg.Warn("purge file", zap.String("path", path), zap.Error(err))
-		}
-	}
 }
 
 // proposeLoop feeds proposals to raft, packing every write waiting in
@@ -725,8 +616,34 @@ func (rc *raftNode) leader() uint64 { return rc.lead.Load() }
 // status asks the raft goroutine for its state; zero once raft has stopped.
 func (rc *raftNode) status() raft.Status { return rc.node.Status() }
 
-// raftLogger adapts zap to raft's logger.
-type raftLogger struct{ s *zap.SugaredLogger }
+// logBounds describes the persisted raft log as raft's storage holds it.
+type logBounds struct {
+	snapshot  uint64 // index of the newest snapshot
+	compacted uint64 // entries up to here are discarded: a member behind it needs a snapshot
+	last      uint64 // last persisted entry
+}
+
+func (rc *raftNode) logBounds() logBounds {
+	var b logBounds
+	if s, err := rc.raftStorage.Snapshot(); err == nil {
+		b.snapshot = s.GetMetadata().GetIndex()
+	}
+	if first, err := rc.raftStorage.FirstIndex(); err == nil {
+		b.compacted = first - 1
+	}
+	if last, err := rc.raftStorage.LastIndex(); err == nil {
+		b.last = last
+	}
+	return b
+}
+
+// raftLogger adapts zap to raft's logger. Raft panics when its log on disk
+// contradicts what the cluster knows of it; the panic line then also says
+// what this member found on disk at start.
+type raftLogger struct {
+	s         *zap.SugaredLogger
+	diskState string
+}
 
 func (l *raftLogger) Debug(v ...any)                   { l.s.Debug(v...) }
 func (l *raftLogger) Debugf(format string, v ...any)   { l.s.Debugf(format, v...) }
@@ -738,5 +655,7 @@ func (l *raftLogger) Error(v ...any)                   { l.s.Error(v...) }
 func (l *raftLogger) Errorf(format string, v ...any)   { l.s.Errorf(format, v...) }
 func (l *raftLogger) Fatal(v ...any)                   { l.s.Fatal(v...) }
 func (l *raftLogger) Fatalf(format string, v ...any)   { l.s.Fatalf(format, v...) }
-func (l *raftLogger) Panic(v ...any)                   { l.s.Panic(v...) }
-func (l *raftLogger) Panicf(format string, v ...any)   { l.s.Panicf(format, v...) }
+func (l *raftLogger) Panic(v ...any)                   { l.s.With("on-disk-at-start", l.diskState).Panic(v...) }
+func (l *raftLogger) Panicf(format string, v ...any) {
+	l.s.With("on-disk-at-start", l.diskState).Panicf(format, v...)
+}

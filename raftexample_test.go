@@ -379,6 +379,19 @@ func TestSnapshotCatchUpAfterCompaction(t *testing.T) {
 	if !strings.Contains(c.log.String(), "installed snapshot from leader") {
 		t.Fatal("the lagging member caught up without a snapshot; the log was not compacted")
 	}
+	// The leader's status says how far its log is compacted: a snapshot
+	// every 20 entries, 20 entries kept behind it.
+	eventually(t, 5*time.Second, func() error {
+		var st statusReply
+		r := do(t, "GET", c.url(lead, "/v1/status"), "")
+		if err := json.Unmarshal([]byte(r.body), &st); err != nil {
+			return err
+		}
+		if st.Snapshot < 140 || st.Compacted != st.Snapshot-20 || st.LastIndex < st.Commit || st.Commit < st.Applied || st.Applied < st.Snapshot {
+			return fmt.Errorf("leader's log bounds: %s", r.body)
+		}
+		return nil
+	})
 	for i := 0; i < 150; i += 7 {
 		r := do(t, "GET", c.url(lagger, "/s"+strconv.Itoa(i)+"?consistency=serializable"), "")
 		if r.body != strconv.Itoa(i) {

@@ -93,6 +93,7 @@ func TestFaults(t *testing.T) {
 		{name: "churn", nemeses: []string{"churn", "kill", "split"}, snapshotCount: 100},
 		{name: "snapshot-crash", nemeses: []string{"snapshot-crash"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
 		{name: "torn-wal", nemeses: []string{"torn-wal"}},
+		{name: "snapshot-install", nemeses: []string{"snapshot-install"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
 		{name: "mixed", nemeses: mixed, snapshotCount: 200},
 	}
 	for _, sc := range scenarios {

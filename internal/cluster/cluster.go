@@ -363,6 +363,9 @@ type Status struct {
 	RaftState string `json:"raftState"`
 	Commit    uint64 `json:"commit"`
 	Applied   uint64 `json:"applied"`
+	Snapshot  uint64 `json:"snapshot"`
+	Compacted uint64 `json:"compacted"`
+	LastIndex uint64 `json:"lastIndex"`
 	Keys      int    `json:"keys"`
 	Members   []struct {
 		ID      uint64 `json:"id"`

@@ -1,6 +1,6 @@
 // Package nemesis injects faults into a cluster run by package cluster:
 // crashes, pauses, partitions, membership churn, crashes while a snapshot
-// is written, and torn WAL tails. Each nemesis can run alone or mixed with
+// is written or installed from the leader, and torn WAL tails. Each nemesis can run alone or mixed with
 // others on a schedule.
 package nemesis
 
@@ -8,10 +8,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"raftexample/internal/cluster"
@@ -33,6 +35,7 @@ func All() map[string]Nemesis {
 	for _, n := range []Nemesis{
 		kill(false), kill(true), &killMajority{}, pause(false), pause(true),
 		&isolate{}, &split{}, &split{stall: true}, &cutLeader{}, &churn{}, snapshotCrash(), tornWAL(),
+		&snapshotInstall{},
 	} {
 		m[n.Name()] = n
 	}
@@ -379,4 +382,131 @@ func tornWAL() *onOne {
 			}
 			return c.WaitCaughtUp(ctx, id, 30*time.Second)
 		}}
+}
+
+// snapshotInstall: hold a follower back until the leader has compacted its
+// log past it, let it catch up by a snapshot from the leader, and kill -9
+// it right after it logs the install; restart it on heal and wait until it
+// has caught up. This is the moment a follower tells the leader it holds
+// the snapshot, with nothing written to its WAL since (etcd #10219).
+//
+// The follower's links refuse rather than stall and it is not paused:
+// whatever it would find later in a socket buffer could carry it past the
+// compaction point. With refused links, nothing the leader appends after
+// the cut (and a moment to persist what it sent before) ever reaches it.
+type snapshotInstall struct {
+	victim uint64
+	killed bool
+}
+
+func (*snapshotInstall) Name() string { return "snapshot-install" }
+
+func (s *snapshotInstall) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	s.victim, s.killed = 0, false
+	id, err := follower(ctx, c, rng)
+	if err != nil {
+		return err
+	}
+	if err := c.Isolate(id, cluster.Refuse); err != nil {
+		c.HealLinks()
+		return err
+	}
+	s.victim = id
+	sleep(ctx, 200*time.Millisecond)
+	reached, err := leaderStatus(ctx, c)
+	if err != nil {
+		return err
+	}
+	target := reached.LastIndex // the most the follower can hold
+	// Writes of its own move the log on while clients of the workload may
+	// be stuck on the isolated member.
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	writes := writeUntil(wctx, c, reached.ID, 4, "snapshot-install")
+	for {
+		st, err := leaderStatus(wctx, c)
+		if err == nil && st.Compacted > target {
+			c.Logf("member %d holds at most index %d; leader %d compacted its log to %d", id, target, st.ID, st.Compacted)
+			break
+		}
+		if !sleep(wctx, 50*time.Millisecond) {
+			cancel()
+			<-writes
+			return fmt.Errorf("leader did not compact its log past %d in time: %w", target, wctx.Err())
+		}
+	}
+	cancel()
+	<-writes
+	installed := c.WatchLog(id, "installed snapshot from leader")
+	c.HealLinks()
+	select {
+	case <-installed:
+	case <-time.After(15 * time.Second):
+		return fmt.Errorf("member %d installed no snapshot within 15s of healing", id)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// It acknowledges the snapshot a moment after the log line, and its
+	// next WAL write follows the leader's answer: sweep that window.
+	time.Sleep(time.Duration(rng.IntN(5000)) * time.Microsecond)
+	if err := c.Kill(id); err != nil {
+		return err
+	}
+	s.killed = true
+	c.Logf("member %d killed right after installing a snapshot", id)
+	return nil
+}
+
+func (s *snapshotInstall) Heal(ctx context.Context, c *cluster.Cluster) error {
+	c.HealLinks()
+	if !s.killed {
+		return nil
+	}
+	if err := restart(ctx, c, s.victim); err != nil {
+		return err
+	}
+	return c.WaitCaughtUp(ctx, s.victim, 30*time.Second)
+}
+
+// writeUntil runs n writers of keys under nemesis/<prefix>/, which the
+// workload never reads, against member id until ctx ends; the channel is
+// closed once they have all returned.
+func writeUntil(ctx context.Context, c *cluster.Cluster, id uint64, n int, prefix string) <-chan struct{} {
+	done := make(chan struct{})
+	client := &http.Client{Timeout: 2 * time.Second}
+	base := c.ClientURL(id)
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil && i < 100000; i++ {
+				url := fmt.Sprintf("%s/nemesis/%s/%d-%d", base, prefix, w, i)
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, url, strings.NewReader("x"))
+				if resp, err := client.Do(req); err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				} else {
+					sleep(ctx, 50*time.Millisecond)
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		client.CloseIdleConnections()
+		close(done)
+	}()
+	return done
+}
+
+// leaderStatus returns the current leader's status.
+func leaderStatus(ctx context.Context, c *cluster.Cluster) (*cluster.Status, error) {
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	id, err := c.Leader(lctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.Status(lctx, id)
 }

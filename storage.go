@@ -1,0 +1,265 @@
+package main
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	"go.etcd.io/etcd/server/v3/storage/wal"
+	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
+	"go.etcd.io/raft/v3/raftpb"
+)
+
+// The disk: a member's WAL directory and snapshot directory.
+//
+// What must hold across any crash, for every snapshot S this member uses:
+//  1. S's file is written and fsynced before S's WAL record (a record never
+//     points at a missing file; a file may lack its record: an orphan);
+//  2. a hard state whose commit is at least S's index is durable in the WAL
+//     before anything depends on S: before the member tells the leader it
+//     holds S, before raft's in-memory log is replaced by S, and before any
+//     WAL segment or snapshot file older than S is purged. Restart uses only
+//     snapshots that a durable hard state commits (wal.ValidSnapshotEntries);
+//  3. purging never removes the newest snapshot the durable WAL can use.
+
+func walMetadata(id uint64) []byte {
+	return []byte("raftexample node-id=" + strconv.FormatUint(id, 10))
+}
+
+func (rc *raftNode) openWAL() error {
+	if !wal.Exist(rc.cfg.waldir) {
+		if err := os.MkdirAll(filepath.Dir(rc.cfg.waldir), 0o750); err != nil {
+			return fmt.Errorf("create data dir: %w", err)
+		}
+		w, err := wal.Create(rc.lg, rc.cfg.waldir, walMetadata(rc.cfg.id))
+		if err != nil {
+			return fmt.Errorf("create wal %s: %w", rc.cfg.waldir, err)
+		}
+		rc.wal = w
+		rc.newWAL = true
+		rc.diskState = fmt.Sprintf("new wal %s, no snapshot", rc.cfg.waldir)
+		return nil
+	}
+
+	walSnaps, err := wal.ValidSnapshotEntries(rc.lg, rc.cfg.waldir)
+	if err != nil {
+		return fmt.Errorf("list snapshots recorded in wal %s: %w", rc.cfg.waldir, err)
+	}
+	snapshot, err := rc.snapshotter.LoadNewestAvailable(walSnaps)
+	if err != nil && !errors.Is(err, snap.ErrNoSnapshot) {
+		return fmt.Errorf("load snapshot from %s: %w", rc.cfg.snapdir, err)
+	}
+	start := &walpb.Snapshot{Index: new(uint64(0)), Term: new(uint64(0))}
+	if snapshot != nil {
+		start = &walpb.Snapshot{Index: new(snapshot.GetMetadata().GetIndex()), Term: new(snapshot.GetMetadata().GetTerm())}
+	}
+
+	var (
+		meta []byte
+		st   *raftpb.HardState
+		ents []*raftpb.Entry
+	)
+	for repaired := false; ; repaired = true {
+		w, err := wal.Open(rc.lg, rc.cfg.waldir, start)
+		if errors.Is(err, fileutil.ErrLocked) {
+			return fmt.Errorf("data directory %s is in use by another running raftexample", rc.cfg.waldir)
+		}
+		if err != nil {
+			return fmt.Errorf("open wal %s at snapshot %s: %w", rc.cfg.waldir, rc.snapName(start.GetTerm(), start.GetIndex()), err)
+		}
+		meta, st, ents, err = w.ReadAll()
+		if err == nil {
+			rc.wal = w
+			break
+		}
+		w.Close()
+		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("read wal %s: %w", rc.cfg.waldir, err)
+		}
+		rc.lg.Warn("wal ends in a torn write (crash during a write); repairing", zap.String("dir", rc.cfg.waldir))
+		if !wal.Repair(rc.lg, rc.cfg.waldir) {
+			return fmt.Errorf("repair wal %s: %w", rc.cfg.waldir, err)
+		}
+	}
+	if want := walMetadata(rc.cfg.id); string(meta) != string(want) {
+		return fmt.Errorf("%w: %s holds %q, not %q", errWrongNode, rc.cfg.waldir, meta, want)
+	}
+	if err := rc.checkDisk(start, st, ents, walSnaps); err != nil {
+		return err
+	}
+
+	if snapshot != nil {
+		if err := rc.raftStorage.ApplySnapshot(snapshot); err != nil {
+			return fmt.Errorf("load snapshot into raft log: %w", err)
+		}
+		rc.startSnap = snapshot
+	}
+	if err := rc.raftStorage.SetHardState(st); err != nil {
+		return fmt.Errorf("load hard state: %w", err)
+	}
+	if err := rc.raftStorage.Append(ents); err != nil {
+		return fmt.Errorf("load wal entries: %w", err)
+	}
+	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
+		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
+	return nil
+}
+
+// checkDisk compares what the WAL and the snapshot files say before raft
+// sees them, so that a disagreement is reported in one line naming the
+// files and indexes rather than as a raft panic. It also sets diskState,
+// which a later raft panic quotes.
+func (rc *raftNode) checkDisk(start *walpb.Snapshot, st *raftpb.HardState, ents []*raftpb.Entry, walSnaps []*walpb.Snapshot) error {
+	last := start.GetIndex()
+	if len(ents) > 0 {
+		last = ents[len(ents)-1].GetIndex()
+	}
+	files, err := listSnapFiles(rc.cfg.snapdir)
+	if err != nil {
+		return fmt.Errorf("list snapshot files: %w", err)
+	}
+	loaded := "no snapshot"
+	if start.GetIndex() > 0 {
+		loaded = "snapshot " + rc.snapName(start.GetTerm(), start.GetIndex())
+	}
+	rc.diskState = fmt.Sprintf("wal %s: hard state commit %d, entries up to %d after %s; snapshot files %s",
+		rc.cfg.waldir, st.GetCommit(), last, loaded, describeSnapFiles(files))
+
+	if st.GetCommit() > last {
+		return fmt.Errorf("wal and snapshots disagree: %s; the commit index is beyond the last entry, so a snapshot or wal segment this member relied on is missing or was not synced; remove this member (DELETE /%d on another member) and add it back with an empty data dir",
+			rc.diskState, rc.cfg.id)
+	}
+	for _, f := range files {
+		if f.index > start.GetIndex() {
+			recorded := slices.ContainsFunc(walSnaps, func(s *walpb.Snapshot) bool { return s.GetIndex() == f.index })
+			rc.lg.Warn("snapshot file is newer than the wal's durable state and is ignored (a crash while it was being saved)",
+				zap.String("file", filepath.Join(rc.cfg.snapdir, f.name)), zap.Uint64("index", f.index),
+				zap.Bool("valid-wal-record", recorded), zap.Uint64("wal-commit", st.GetCommit()), zap.String("loaded", loaded))
+		}
+	}
+	return nil
+}
+
+func (rc *raftNode) snapName(term, index uint64) string {
+	return filepath.Join(rc.cfg.snapdir, fmt.Sprintf("%016x-%016x.snap", term, index))
+}
+
+// persistSnapshot writes a snapshot file, then its WAL record (both fsynced
+// before they return). Caller holds snapMu.
+func (rc *raftNode) persistSnapshot(s *raftpb.Snapshot) {
+	if err := rc.snapshotter.SaveSnap(s); err != nil {
+		rc.lg.Fatal("cannot save snapshot file", zap.Error(err))
+	}
+	md := s.GetMetadata()
+	if err := rc.wal.SaveSnapshot(&walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}); err != nil {
+		rc.lg.Fatal("cannot record snapshot in the wal", zap.Error(err))
+	}
+}
+
+// releaseWAL lets go of WAL segments and snapshot files older than index,
+// the snapshot just persisted, which a durable hard state commits. Caller
+// holds snapMu.
+func (rc *raftNode) releaseWAL(index uint64) {
+	if err := rc.wal.ReleaseLockTo(index); err != nil {
+		rc.lg.Warn("release wal segments", zap.Error(err))
+	}
+	purgeWALFiles(rc.lg, rc.cfg.waldir, walFilesKept)
+	purgeSnapFiles(rc.lg, rc.cfg.snapdir, index, snapFilesKept)
+}
+
+// purgeWALFiles removes all but the newest keep segments; segments still
+// locked by the open WAL are kept.
+func purgeWALFiles(lg *zap.Logger, dir string, keep int) {
+	names, err := fileutil.ListFiles(dir, func(n string) bool { return strings.HasSuffix(n, ".wal") })
+	if err != nil {
+		lg.Warn("list wal segments to purge", zap.String("dir", dir), zap.Error(err))
+		return
+	}
+	slices.Sort(names) // <seq>-<index>.wal, fixed-width hex: oldest first
+	for _, path := range names[:max(0, len(names)-keep)] {
+		l, err := fileutil.TryLockFile(path, os.O_WRONLY, fileutil.PrivateFileMode)
+		if err != nil {
+			return // still in use, and so is everything newer
+		}
+		err = os.Remove(path)
+		l.Close()
+		if err != nil {
+			lg.Warn("purge wal segment", zap.String("path", path), zap.Error(err))
+		}
+	}
+}
+
+// purgeSnapFiles keeps the snapshot at durable and the keep-1 newest before
+// it. Files after durable are left alone: they were written by a save that
+// crashed before its WAL record or hard state was durable, and they go once
+// a newer snapshot makes them old.
+func purgeSnapFiles(lg *zap.Logger, dir string, durable uint64, keep int) {
+	files, err := listSnapFiles(dir)
+	if err != nil {
+		lg.Warn("list snapshot files to purge", zap.String("dir", dir), zap.Error(err))
+		return
+	}
+	files = slices.DeleteFunc(files, func(f snapFile) bool { return f.index > durable })
+	for _, f := range files[:max(0, len(files)-keep)] {
+		if err := os.Remove(filepath.Join(dir, f.name)); err != nil {
+			lg.Warn("purge snapshot file", zap.String("path", filepath.Join(dir, f.name)), zap.Error(err))
+		}
+	}
+}
+
+// snapFile is a snapshot file named <term>-<index>.snap in hex, as etcd's
+// snap package writes them.
+type snapFile struct {
+	name        string
+	term, index uint64
+}
+
+// listSnapFiles returns the snapshot files in dir, oldest (lowest index)
+// first. Files of other names (*.broken, temp files) are not listed.
+func listSnapFiles(dir string) ([]snapFile, error) {
+	names, err := fileutil.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var files []snapFile
+	for _, n := range names {
+		base, ok := strings.CutSuffix(n, ".snap")
+		t, i, ok2 := strings.Cut(base, "-")
+		if !ok || !ok2 || len(t) != 16 || len(i) != 16 {
+			continue
+		}
+		term, err1 := strconv.ParseUint(t, 16, 64)
+		index, err2 := strconv.ParseUint(i, 16, 64)
+		if err1 == nil && err2 == nil {
+			files = append(files, snapFile{name: n, term: term, index: index})
+		}
+	}
+	slices.SortFunc(files, func(a, b snapFile) int {
+		return cmp.Or(cmp.Compare(a.index, b.index), cmp.Compare(a.term, b.term))
+	})
+	return files, nil
+}
+
+func describeSnapFiles(files []snapFile) string {
+	if len(files) == 0 {
+		return "(none)"
+	}
+	var b strings.Builder
+	for i, f := range files {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s (index %d)", f.name, f.index)
+	}
+	return b.String()
+}
