@@ -276,22 +276,14 @@ func parseMemberID(w http.ResponseWriter, s, usage string) (uint64, bool) {
 	return id, true
 }
 
-// fail answers with the status that fits err.
+// fail answers with the status that errors.go gives err.
 func (h *httpAPI) fail(w http.ResponseWriter, r *http.Request, err error) {
-	code := http.StatusInternalServerError
-	switch {
-	case errors.Is(err, errTimeout), errors.Is(err, errNoLeader), errors.Is(err, errLeaderChanged), errors.Is(err, errStopping):
-		code = http.StatusServiceUnavailable
-		w.Header().Set("Retry-After", "1")
-	case errors.Is(err, errNoMember):
-		code = http.StatusNotFound
-	case errors.Is(err, errMemberExists), errors.Is(err, errMemberGone), errors.Is(err, errRejectedChange):
-		code = http.StatusBadRequest
-	case errors.Is(err, errLastMember):
-		code = http.StatusConflict
-	}
-	if code == http.StatusInternalServerError {
+	re := classify(err)
+	if re == errInternal {
 		h.lg.Error("request failed", zap.String("method", r.Method), zap.String("path", r.URL.Path), zap.Error(err))
 	}
-	http.Error(w, err.Error(), code)
+	if re.status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	http.Error(w, err.Error(), re.status)
 }
