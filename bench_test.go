@@ -1,13 +1,16 @@
 package main
 
 import (
-	"maps"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/google/btree"
 )
 
 // The benchmarks run a real 3-member cluster in this process: WAL with fsync
@@ -79,27 +82,85 @@ func BenchmarkGetSerializable(b *testing.B) {
 	benchRequests(b, client, "GET", func(int64) string { return base }, "", http.StatusOK)
 }
 
-// BenchmarkSnapshotCopy measures the only part of a snapshot that pauses
-// apply: copying the state (here 100,000 keys of 100-byte values).
-func BenchmarkSnapshotCopy(b *testing.B) {
-	s := newKVStore(nil, 1, 1, nil)
-	for i := range 100000 {
-		s.kv["key-"+strconv.Itoa(i)] = strings.Repeat("v", 100)
+// tree1M is a key space of 1M keys of 100-byte values, built once.
+var tree1M = sync.OnceValue(func() *btree.BTreeG[*item] {
+	keys := newKeyTree()
+	v := strings.Repeat("v", 100)
+	for i := range 1_000_000 {
+		keys.ReplaceOrInsert(&item{key: fmt.Sprintf("key-%07d", i), value: v, create: uint64(i + 1), mod: uint64(i + 1), version: 1})
 	}
+	return keys
+})
+
+// BenchmarkSnapshotClone1M measures what taking a snapshot of 1M keys costs
+// the apply goroutine: the clone, then the first put after it (which copies
+// the path it changes out of the shared tree).
+func BenchmarkSnapshotClone1M(b *testing.B) {
+	keys := tree1M().Clone()
 	b.ResetTimer()
-	for range b.N {
-		_ = maps.Clone(s.kv)
+	for i := range b.N {
+		_ = keys.Clone()
+		applyOp(keys, uint64(2_000_000+i), &op{kind: opPut, key: fmt.Sprintf("key-%07d", i%1_000_000), value: "x"})
 	}
 }
 
 // BenchmarkSnapshotEncode measures the background part: encoding 100,000 keys.
 func BenchmarkSnapshotEncode(b *testing.B) {
-	kv := map[string]string{}
+	keys := newKeyTree()
 	for i := range 100000 {
-		kv["key-"+strconv.Itoa(i)] = strings.Repeat("v", 100)
+		keys.ReplaceOrInsert(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
 	}
+	st := &snapshotState{index: 1, members: map[uint64]string{1: "http://127.0.0.1:1"}, keys: keys}
 	b.ResetTimer()
 	for range b.N {
-		_ = encodeSnapshot(1, map[uint64]string{1: "http://127.0.0.1:1"}, nil, kv)
+		_ = encodeSnapshot(st)
+	}
+}
+
+// BenchmarkApply measures applying one op of each kind to a 1M-key store.
+func BenchmarkApply(b *testing.B) {
+	v := strings.Repeat("v", 100)
+	key := func(i int) string { return fmt.Sprintf("key-%07d", (i*7919)%1_000_000) }
+	for _, bc := range []struct {
+		name string
+		op   func(i int) *op
+	}{
+		{"put", func(i int) *op { return &op{kind: opPut, key: key(i), value: v} }},
+		{"delete", func(i int) *op { return &op{kind: opDelete, key: key(i)} }},
+		{"txn-cas", func(i int) *op {
+			return &op{kind: opTxn, txn: &txn{
+				compares: []compare{{key: key(i), target: cmpExists, op: cmpEqual, num: 1}},
+				success:  []op{{kind: opPut, key: key(i), value: v}},
+				failure:  []op{{kind: opGet, key: key(i)}},
+			}}
+		}},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			keys := tree1M().Clone()
+			ops := make([]*op, 4096)
+			for i := range ops {
+				ops[i] = bc.op(i)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				applyOp(keys, uint64(2_000_000+i), ops[i%len(ops)])
+			}
+		})
+	}
+}
+
+// BenchmarkList1kOf1M measures a listing of 1,000 keys out of 1M.
+func BenchmarkList1kOf1M(b *testing.B) {
+	keys := tree1M()
+	b.ResetTimer()
+	for i := range b.N {
+		n := 0
+		ascendPrefix(keys, "key-", fmt.Sprintf("key-%07d", (i*1000)%999_000), func(*item) bool {
+			n++
+			return n < 1000
+		})
+		if n != 1000 {
+			b.Fatalf("listed %d", n)
+		}
 	}
 }

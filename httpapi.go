@@ -153,19 +153,19 @@ func (h *httpAPI) get(w http.ResponseWriter, r *http.Request, key string) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
-	value, found, index, err := h.store.Get(ctx, key, linearizable)
+	it, index, err := h.store.Get(ctx, key, linearizable)
 	if err != nil {
 		h.fail(w, r, err)
 		return
 	}
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	if !found {
+	if it == nil {
 		http.Error(w, "key not found", http.StatusNotFound)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(value)))
-	io.WriteString(w, value)
+	w.Header().Set("Content-Length", strconv.Itoa(len(it.value)))
+	io.WriteString(w, it.value)
 }
 
 func (h *httpAPI) put(w http.ResponseWriter, r *http.Request, key string) {

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/google/btree"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
@@ -43,8 +47,54 @@ type raftHooks interface {
 	saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte) error
 }
 
-// kvstore is the replicated state machine: a map of keys plus the cluster
-// membership, changed only by apply, in log order, on the apply goroutine.
+// item is one key's state. Items are never changed in place: trees cloned
+// for a snapshot share them.
+type item struct {
+	key     string
+	value   string
+	create  uint64 // raft index of the put that created the key
+	mod     uint64 // raft index of its last put
+	version uint64 // puts since it was created: 1 after the first
+}
+
+// newKeyTree returns an empty ordered key space. Clone on it is O(1) and
+// copy-on-write, so a snapshot takes no copy of the data on apply.
+func newKeyTree() *btree.BTreeG[*item] {
+	return btree.NewG(32, func(a, b *item) bool { return a.key < b.key })
+}
+
+// ascendPrefix calls fn for the keys that start with prefix and sort after
+// after (all of them if after is empty), in order, until fn returns false.
+func ascendPrefix(keys *btree.BTreeG[*item], prefix, after string, fn func(*item) bool) {
+	start := prefix
+	if after != "" && after >= prefix {
+		start = after + "\x00" // the least key greater than after
+	}
+	keys.AscendGreaterOrEqual(&item{key: start}, func(it *item) bool {
+		return strings.HasPrefix(it.key, prefix) && fn(it)
+	})
+}
+
+// result is what applying one record did, for the request that proposed it.
+type result struct {
+	index     uint64 // the entry's raft index
+	err       error  // the change was refused (membership), or never applied
+	succeeded bool   // a txn's compares held (true for other ops)
+	ops       []opResult
+}
+
+// opResult is what one op did to one key (or prefix).
+type opResult struct {
+	kind    opKind
+	key     string
+	prev    *item // the key before the op (for get: the key), nil if absent
+	cur     *item // put: the key after it
+	deleted int   // delete, delete-prefix: keys removed
+}
+
+// kvstore is the replicated state machine: ordered keys with their
+// metadata plus the cluster membership, changed only by apply, in log
+// order, on the apply goroutine.
 type kvstore struct {
 	lg            *zap.Logger
 	selfID        uint64
@@ -58,7 +108,7 @@ type kvstore struct {
 	nextID   atomic.Uint64
 
 	mu        sync.RWMutex // guards everything down to appliedCh
-	kv        map[string]string
+	keys      *btree.BTreeG[*item]
 	members   map[uint64]string // member id -> peer URL
 	removed   map[uint64]bool
 	applied   uint64
@@ -86,7 +136,7 @@ func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- pr
 		selfID:        selfID,
 		snapshotCount: snapshotCount,
 		proposeC:      proposeC,
-		kv:            make(map[string]string),
+		keys:          newKeyTree(),
 		members:       make(map[uint64]string),
 		removed:       make(map[uint64]bool),
 		appliedCh:     make(chan struct{}),
@@ -158,19 +208,28 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 	}
 	switch e.GetType() {
 	case raftpb.EntryNormal:
-		var done []uint64
+		type done struct {
+			id  uint64
+			res result
+		}
+		var answers []done
 		s.mu.Lock()
-		err := decodeRecords(e.GetData(), func(_ byte, reqID uint64, key, value string) {
-			s.kv[key] = value
-			done = append(done, reqID)
+		err := decodeOps(e.GetData(), func(o *op) {
+			answers = append(answers, done{o.reqID, applyOp(s.keys, index, o)})
 		})
-		s.applied = index
+		if err == nil {
+			s.applied = index
+		}
 		s.mu.Unlock()
+		if errors.Is(err, errUnknownOp) {
+			s.lg.Fatal("committed entry holds an op this binary does not know (written by a newer version?); stopping rather than skip it and diverge: upgrade this member",
+				zap.Uint64("index", index), zap.Error(err))
+		}
 		if err != nil {
 			s.lg.Fatal("undecodable committed entry; refusing to diverge", zap.Uint64("index", index), zap.Error(err))
 		}
-		for _, id := range done {
-			s.waits.trigger(id, applyResult{index: index})
+		for _, a := range answers {
+			s.waits.trigger(a.id, a.res)
 		}
 	case raftpb.EntryConfChange:
 		cc := &raftpb.ConfChange{}
@@ -179,58 +238,190 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 		}
 		err := s.applyMembership(cc, index)
 		if cc.GetId() != 0 {
-			s.waits.trigger(cc.GetId(), applyResult{index: index, err: err})
+			s.waits.trigger(cc.GetId(), result{index: index, err: err})
 		}
 	default:
 		s.lg.Fatal("unsupported entry type", zap.Uint64("index", index), zap.Stringer("type", e.GetType()))
 	}
 }
 
-// Put proposes key=value and returns the raft index once it is applied here.
-func (s *kvstore) Put(ctx context.Context, key, value string) (uint64, error) {
-	id := s.nextID.Add(1)
-	return s.propose(ctx, id, proposal{data: appendPutRecord(nil, id, key, value)})
+// applyOp applies one op at index to keys and says what it did. It is
+// deterministic: every member gets the same result from the same state.
+func applyOp(keys *btree.BTreeG[*item], index uint64, o *op) result {
+	res := result{index: index, succeeded: true}
+	switch o.kind {
+	case opTxn:
+		res.succeeded = true
+		for _, c := range o.txn.compares {
+			cur, _ := keys.Get(&item{key: c.key})
+			if !c.holds(cur) {
+				res.succeeded = false
+				break
+			}
+		}
+		branch := o.txn.success
+		if !res.succeeded {
+			branch = o.txn.failure
+		}
+		for i := range branch {
+			res.ops = append(res.ops, applyOne(keys, index, &branch[i]))
+		}
+	default:
+		res.ops = []opResult{applyOne(keys, index, o)}
+	}
+	return res
 }
 
-func (s *kvstore) propose(ctx context.Context, id uint64, p proposal) (uint64, error) {
+func applyOne(keys *btree.BTreeG[*item], index uint64, o *op) opResult {
+	r := opResult{kind: o.kind, key: o.key}
+	switch o.kind {
+	case opPut:
+		prev, _ := keys.Get(&item{key: o.key})
+		next := &item{key: o.key, value: o.value, create: index, mod: index, version: 1}
+		if prev != nil {
+			next.create, next.version = prev.create, prev.version+1
+		}
+		keys.ReplaceOrInsert(next)
+		r.prev, r.cur = prev, next
+	case opDelete:
+		prev, _ := keys.Delete(&item{key: o.key})
+		r.prev = prev
+		if prev != nil {
+			r.deleted = 1
+		}
+	case opDeletePrefix:
+		var gone []*item
+		ascendPrefix(keys, o.key, "", func(it *item) bool {
+			gone = append(gone, it)
+			return true
+		})
+		for _, it := range gone {
+			keys.Delete(it)
+		}
+		r.deleted = len(gone)
+	case opGet:
+		r.prev, _ = keys.Get(&item{key: o.key})
+	}
+	return r
+}
+
+// holds reports whether the compare is true of cur (nil: the key is
+// absent, and its indexes, version and value count as zero and empty).
+func (c *compare) holds(cur *item) bool {
+	if c.target == cmpValue {
+		v := ""
+		if cur != nil {
+			v = cur.value
+		}
+		return compareOrdered(v, c.value, c.op)
+	}
+	var n uint64
+	switch {
+	case cur == nil:
+	case c.target == cmpModIndex:
+		n = cur.mod
+	case c.target == cmpCreateIndex:
+		n = cur.create
+	case c.target == cmpVersion:
+		n = cur.version
+	case c.target == cmpExists:
+		n = 1
+	}
+	return compareOrdered(n, c.num, c.op)
+}
+
+func compareOrdered[T cmp.Ordered](a, b T, op cmpOp) bool {
+	switch op {
+	case cmpEqual:
+		return a == b
+	case cmpNotEqual:
+		return a != b
+	case cmpLess:
+		return a < b
+	case cmpGreater:
+		return a > b
+	}
+	return false
+}
+
+// Put proposes key=value and returns the raft index once it is applied here.
+func (s *kvstore) Put(ctx context.Context, key, value string) (uint64, error) {
+	res, err := s.Apply(ctx, &op{kind: opPut, key: key, value: value})
+	return res.index, err
+}
+
+// Apply proposes o and returns its result once it is applied here.
+func (s *kvstore) Apply(ctx context.Context, o *op) (result, error) {
+	o.reqID = s.nextID.Add(1)
+	return s.propose(ctx, o.reqID, proposal{data: appendOp(nil, o)})
+}
+
+func (s *kvstore) propose(ctx context.Context, id uint64, p proposal) (result, error) {
 	ch := s.waits.register(id)
 	p.ctx = ctx
-	p.done = func(err error) { s.waits.trigger(id, applyResult{err: err}) }
+	p.done = func(err error) { s.waits.trigger(id, result{err: err}) }
 	p.accepted = func() { s.waits.markAccepted(id) }
 	select {
 	case s.proposeC <- p:
 	case <-ctx.Done():
 		s.waits.cancel(id)
-		return 0, errTimeout
+		return result{}, errTimeout
 	case <-s.stopc:
 		s.waits.cancel(id)
-		return 0, errStopping
+		return result{}, errStopping
 	}
 	select {
 	case r := <-ch:
-		return r.index, r.err
+		return r, r.err
 	case <-ctx.Done():
 		s.waits.cancel(id)
-		return 0, errTimeout
+		return result{}, errTimeout
 	}
 }
 
-// Get reads a key. A linearizable read first learns the cluster's commit
-// index (ReadIndex) and waits until this node has applied up to it.
-func (s *kvstore) Get(ctx context.Context, key string, linearizable bool) (value string, found bool, index uint64, err error) {
-	if linearizable {
-		ri, err := s.hooks.readIndex(ctx)
-		if err != nil {
-			return "", false, 0, err
-		}
-		if err := s.waitApplied(ctx, ri); err != nil {
-			return "", false, 0, err
-		}
+// Get reads a key: nil if it is absent. A linearizable read first learns
+// the cluster's commit index (ReadIndex) and waits until this node has
+// applied up to it. index is the applied index the read saw.
+func (s *kvstore) Get(ctx context.Context, key string, linearizable bool) (it *item, index uint64, err error) {
+	if err := s.sync(ctx, linearizable); err != nil {
+		return nil, 0, err
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	value, found = s.kv[key]
-	return value, found, s.applied, nil
+	it, _ = s.keys.Get(&item{key: key})
+	return it, s.applied, nil
+}
+
+// List returns up to limit keys that start with prefix and sort after
+// after, in order, and whether more follow.
+func (s *kvstore) List(ctx context.Context, prefix, after string, limit int, linearizable bool) (items []*item, more bool, index uint64, err error) {
+	if err := s.sync(ctx, linearizable); err != nil {
+		return nil, false, 0, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ascendPrefix(s.keys, prefix, after, func(it *item) bool {
+		if len(items) == limit {
+			more = true
+			return false
+		}
+		items = append(items, it)
+		return true
+	})
+	return items, more, s.applied, nil
+}
+
+// sync makes a linearizable read wait until this member has applied
+// everything committed when the read began.
+func (s *kvstore) sync(ctx context.Context, linearizable bool) error {
+	if !linearizable {
+		return nil
+	}
+	ri, err := s.hooks.readIndex(ctx)
+	if err != nil {
+		return err
+	}
+	return s.waitApplied(ctx, ri)
 }
 
 func (s *kvstore) waitApplied(ctx context.Context, index uint64) error {
@@ -255,5 +446,5 @@ func (s *kvstore) waitApplied(ctx context.Context, index uint64) error {
 func (s *kvstore) Applied() (index uint64, keys int) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.applied, len(s.kv)
+	return s.applied, s.keys.Len()
 }

@@ -1,114 +1,72 @@
 package main
 
 import (
-	"errors"
-	"maps"
-	"strings"
 	"testing"
 )
 
-func TestRecordCodecRoundTrip(t *testing.T) {
-	type rec struct {
-		id         uint64
-		key, value string
+func TestApplyOpKeepsMetadata(t *testing.T) {
+	keys := newKeyTree()
+	put := func(index uint64, k, v string) opResult {
+		return applyOp(keys, index, &op{kind: opPut, key: k, value: v}).ops[0]
 	}
-	in := []rec{{1, "a", "1"}, {1 << 60, "", ""}, {7, "key/with/slashes", strings.Repeat("x", 70000)}, {9, "\x00bin", "\xff"}}
-	var data []byte
-	for _, r := range in {
-		data = appendPutRecord(data, r.id, r.key, r.value)
+	if r := put(5, "a", "1"); r.prev != nil || *r.cur != (item{key: "a", value: "1", create: 5, mod: 5, version: 1}) {
+		t.Fatalf("create: %+v", r)
 	}
-	var out []rec
-	if err := decodeRecords(data, func(op byte, id uint64, k, v string) {
-		if op != opPut {
-			t.Errorf("op = %d", op)
-		}
-		out = append(out, rec{id, k, v})
-	}); err != nil {
-		t.Fatal(err)
+	if r := put(9, "a", "2"); r.prev.value != "1" || *r.cur != (item{key: "a", value: "2", create: 5, mod: 9, version: 2}) {
+		t.Fatalf("update: %+v %+v", r.prev, r.cur)
 	}
-	if len(out) != len(in) {
-		t.Fatalf("decoded %d records, want %d", len(out), len(in))
+	put(10, "ab", "x")
+	put(11, "b", "y")
+	if r := applyOp(keys, 12, &op{kind: opDelete, key: "a"}).ops[0]; r.deleted != 1 || r.prev.mod != 9 {
+		t.Fatalf("delete: %+v", r)
 	}
-	for i := range in {
-		if in[i] != out[i] {
-			t.Errorf("record %d: got %+v want %+v", i, out[i].key, in[i].key)
-		}
+	if r := applyOp(keys, 13, &op{kind: opDelete, key: "a"}).ops[0]; r.deleted != 0 || r.prev != nil {
+		t.Fatalf("delete of an absent key: %+v", r)
 	}
-	if err := decodeRecords(nil, func(byte, uint64, string, string) { t.Error("called for empty data") }); err != nil {
-		t.Errorf("empty entry (raft no-op): %v", err)
+	if r := put(14, "a", "3"); *r.cur != (item{key: "a", value: "3", create: 14, mod: 14, version: 1}) {
+		t.Fatalf("recreate after delete starts over: %+v", r.cur)
 	}
-	one := appendPutRecord(nil, 300, "key", "value")
-	for cut := 1; cut < len(one); cut++ {
-		if err := decodeRecords(one[:cut], func(byte, uint64, string, string) {}); err == nil {
-			t.Errorf("record truncated to %d of %d bytes: no error", cut, len(one))
-		}
-	}
-	if err := decodeRecords([]byte{99, 1}, func(byte, uint64, string, string) {}); err == nil {
-		t.Error("unknown op accepted")
+	if r := applyOp(keys, 15, &op{kind: opDeletePrefix, key: "a"}).ops[0]; r.deleted != 2 || keys.Len() != 1 {
+		t.Fatalf("delete prefix: %+v, %d left", r, keys.Len())
 	}
 }
 
-func TestSnapshotCodecRoundTrip(t *testing.T) {
-	members := map[uint64]string{1: "http://127.0.0.1:1", 4: "https://h:4"}
-	removed := map[uint64]bool{2: true, 3: true}
-	kv := map[string]string{"a": "1", "": "empty key", "big": strings.Repeat("v", 1<<16)}
-	st, err := decodeSnapshot(encodeSnapshot(42, members, removed, kv))
-	if err != nil {
-		t.Fatal(err)
+func TestApplyTxnPicksTheBranch(t *testing.T) {
+	keys := newKeyTree()
+	applyOp(keys, 3, &op{kind: opPut, key: "k", value: "v"})
+	applyOp(keys, 4, &op{kind: opPut, key: "k", value: "w"}) // create 3, mod 4, version 2
+	cases := []struct {
+		c    compare
+		want bool
+	}{
+		{compare{key: "k", target: cmpModIndex, op: cmpEqual, num: 4}, true},
+		{compare{key: "k", target: cmpModIndex, op: cmpEqual, num: 3}, false},
+		{compare{key: "k", target: cmpCreateIndex, op: cmpLess, num: 4}, true},
+		{compare{key: "k", target: cmpVersion, op: cmpGreater, num: 1}, true},
+		{compare{key: "k", target: cmpVersion, op: cmpNotEqual, num: 2}, false},
+		{compare{key: "k", target: cmpValue, op: cmpEqual, value: "w"}, true},
+		{compare{key: "k", target: cmpValue, op: cmpLess, value: "v"}, false},
+		{compare{key: "k", target: cmpExists, op: cmpEqual, num: 1}, true},
+		{compare{key: "nope", target: cmpExists, op: cmpEqual, num: 0}, true},
+		{compare{key: "nope", target: cmpModIndex, op: cmpEqual, num: 0}, true},
+		{compare{key: "nope", target: cmpValue, op: cmpEqual, value: ""}, true},
 	}
-	if st.index != 42 || !maps.Equal(st.members, members) || !maps.Equal(st.removed, removed) || !maps.Equal(st.kv, kv) {
-		t.Fatalf("round trip changed the state: %+v", st.members)
-	}
-	good := encodeSnapshot(1, members, removed, kv)
-	for _, bad := range [][]byte{nil, []byte("JSON{}"), good[:len(good)-1], append(good[:len(good):len(good)], 0)} {
-		if _, err := decodeSnapshot(bad); err == nil {
-			t.Errorf("accepted a corrupt snapshot of %d bytes", len(bad))
+	for _, tc := range cases {
+		res := applyOp(keys, 10, &op{kind: opTxn, txn: &txn{
+			compares: []compare{tc.c},
+			success:  []op{{kind: opGet, key: "k"}},
+			failure:  []op{{kind: opGet, key: "k"}, {kind: opGet, key: "nope"}},
+		}})
+		if res.succeeded != tc.want || (tc.want && len(res.ops) != 1) || (!tc.want && len(res.ops) != 2) {
+			t.Errorf("%+v: succeeded %v with %d results, want %v", tc.c, res.succeeded, len(res.ops), tc.want)
 		}
 	}
-}
-
-func TestValidatePeerURL(t *testing.T) {
-	for _, ok := range []string{"http://127.0.0.1:12379", "https://node-1.example:443", "http://[::1]:9021"} {
-		if err := validatePeerURL(ok); err != nil {
-			t.Errorf("%q rejected: %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", "not a url", "127.0.0.1:12379", "ftp://h:1", "http://h", "http://h:0", "http://h:99999",
-		"http://h:1/", "http://h:1/path", "http://h:1?q=1", "http://h:1?", "http://u:p@h:1", "http://:1", "http://h:1#f", "http://h:port"} {
-		if err := validatePeerURL(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
-func TestWaitRegistry(t *testing.T) {
-	var w waitRegistry
-	a, b := w.register(1), w.register(2)
-	w.trigger(1, applyResult{index: 5})
-	if r := <-a; r.index != 5 || r.err != nil {
-		t.Fatalf("got %+v", r)
-	}
-	w.trigger(1, applyResult{index: 6}) // second trigger of a finished id is a no-op
-	w.cancel(2)
-	w.trigger(2, applyResult{index: 7})
-	select {
-	case r := <-b:
-		t.Fatalf("cancelled wait got %+v", r)
-	default:
-	}
-	c, d := w.register(3), w.register(4)
-	w.markAccepted(3)
-	w.fail(errLeaderChanged, true)
-	if r := <-c; !errors.Is(r.err, errLeaderChanged) {
-		t.Fatalf("accepted wait on leader change: %+v", r)
-	}
-	select {
-	case r := <-d:
-		t.Fatalf("a wait raft never took was failed on leader change: %+v", r)
-	default:
-	}
-	w.fail(errStopping, false)
-	if r := <-d; !errors.Is(r.err, errStopping) {
-		t.Fatalf("fail all: %+v", r)
+	// All compares must hold; the ops of the branch see each other's writes.
+	res := applyOp(keys, 11, &op{kind: opTxn, txn: &txn{
+		compares: []compare{{key: "k", target: cmpExists, op: cmpEqual, num: 1}, {key: "k", target: cmpVersion, op: cmpEqual, num: 9}},
+		failure:  []op{{kind: opPut, key: "k", value: "x"}, {kind: opGet, key: "k"}, {kind: opDelete, key: "k"}},
+	}})
+	if res.succeeded || res.ops[1].prev.value != "x" || res.ops[1].prev.mod != 11 || res.ops[2].deleted != 1 || keys.Len() != 0 {
+		t.Fatalf("failure branch: %+v", res)
 	}
 }

@@ -101,7 +101,8 @@ func (s *kvstore) AddMember(ctx context.Context, id uint64, peerURL string) (uin
 	}
 	reqID := s.nextID.Add(1)
 	cc := &raftpb.ConfChange{Type: new(raftpb.ConfChangeAddNode), NodeId: new(id), Context: []byte(peerURL), Id: new(reqID)}
-	return s.propose(ctx, reqID, proposal{cc: cc})
+	res, err := s.propose(ctx, reqID, proposal{cc: cc})
+	return res.index, err
 }
 
 // RemoveMember proposes removing a member.
@@ -118,7 +119,8 @@ func (s *kvstore) RemoveMember(ctx context.Context, id uint64) (uint64, error) {
 	}
 	reqID := s.nextID.Add(1)
 	cc := &raftpb.ConfChange{Type: new(raftpb.ConfChangeRemoveNode), NodeId: new(id), Id: new(reqID)}
-	return s.propose(ctx, reqID, proposal{cc: cc})
+	res, err := s.propose(ctx, reqID, proposal{cc: cc})
+	return res.index, err
 }
 
 // isRemoved reports whether a member id was removed by an applied change.

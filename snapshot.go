@@ -6,69 +6,91 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 
+	"github.com/google/btree"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 )
 
-// Snapshot encoding, versioned by its first bytes.
-var snapshotMagic = []byte("RKV1")
+// Snapshot encoding, versioned by its first four bytes. RKV2 (written
+// now): the index, the members (id, peer URL) and removed ids in id order,
+// then the keys in key order, each with its value, create and mod index and
+// version. RKV1 (the first release: no metadata) is still read; its keys
+// get create = mod = the snapshot's index and version 1.
+var (
+	snapshotMagicV1 = []byte("RKV1")
+	snapshotMagic   = []byte("RKV2")
+)
 
-func encodeSnapshot(index uint64, members map[uint64]string, removed map[uint64]bool, kv map[string]string) []byte {
-	size := len(snapshotMagic) + 32
-	for k, v := range kv {
-		size += len(k) + len(v) + 8
-	}
-	b := make([]byte, 0, size)
-	b = append(b, snapshotMagic...)
-	b = binary.AppendUvarint(b, index)
-	b = binary.AppendUvarint(b, uint64(len(members)))
-	for id, u := range members {
-		b = binary.AppendUvarint(b, id)
-		b = binary.AppendUvarint(b, uint64(len(u)))
-		b = append(b, u...)
-	}
-	b = binary.AppendUvarint(b, uint64(len(removed)))
-	for id := range removed {
-		b = binary.AppendUvarint(b, id)
-	}
-	b = binary.AppendUvarint(b, uint64(len(kv)))
-	for k, v := range kv {
-		b = binary.AppendUvarint(b, uint64(len(k)))
-		b = append(b, k...)
-		b = binary.AppendUvarint(b, uint64(len(v)))
-		b = append(b, v...)
-	}
-	return b
-}
-
+// snapshotState is the whole state machine at one index. keys may be a
+// clone of the live tree: it is only read.
 type snapshotState struct {
 	index   uint64
 	members map[uint64]string
 	removed map[uint64]bool
-	kv      map[string]string
+	keys    *btree.BTreeG[*item]
+}
+
+func encodeSnapshot(st *snapshotState) []byte {
+	size := len(snapshotMagic) + 32 + 16*(len(st.members)+len(st.removed))
+	st.keys.Ascend(func(it *item) bool {
+		size += len(it.key) + len(it.value) + 40
+		return true
+	})
+	b := make([]byte, 0, size)
+	b = append(b, snapshotMagic...)
+	b = binary.AppendUvarint(b, st.index)
+	b = binary.AppendUvarint(b, uint64(len(st.members)))
+	for _, id := range slices.Sorted(maps.Keys(st.members)) {
+		b = binary.AppendUvarint(b, id)
+		b = appendString(b, st.members[id])
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.removed)))
+	for _, id := range slices.Sorted(maps.Keys(st.removed)) {
+		b = binary.AppendUvarint(b, id)
+	}
+	b = binary.AppendUvarint(b, uint64(st.keys.Len()))
+	st.keys.Ascend(func(it *item) bool {
+		b = appendString(b, it.key)
+		b = appendString(b, it.value)
+		b = binary.AppendUvarint(b, it.create)
+		b = binary.AppendUvarint(b, it.mod)
+		b = binary.AppendUvarint(b, it.version)
+		return true
+	})
+	return b
 }
 
 func decodeSnapshot(data []byte) (*snapshotState, error) {
-	if !bytes.HasPrefix(data, snapshotMagic) {
+	v1 := bytes.HasPrefix(data, snapshotMagicV1)
+	if !v1 && !bytes.HasPrefix(data, snapshotMagic) {
 		return nil, errors.New("not a snapshot of this program (bad magic)")
 	}
 	d := decoder{buf: data[len(snapshotMagic):]}
-	st := &snapshotState{index: d.uvarint(), members: map[uint64]string{}, removed: map[uint64]bool{}}
-	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
+	st := &snapshotState{index: d.uvarint(), members: map[uint64]string{}, removed: map[uint64]bool{}, keys: newKeyTree()}
+	for n := d.count(); n > 0 && d.err == nil; n-- {
 		id := d.uvarint()
 		st.members[id] = d.bytes()
 	}
-	for n := d.uvarint(); n > 0 && d.err == nil; n-- {
+	for n := d.count(); n > 0 && d.err == nil; n-- {
 		st.removed[d.uvarint()] = true
 	}
-	n := d.uvarint()
-	st.kv = make(map[string]string, min(n, uint64(len(d.buf))))
-	for ; n > 0 && d.err == nil; n-- {
-		k := d.bytes()
-		st.kv[k] = d.bytes()
+	var last string
+	for n := d.count(); n > 0 && d.err == nil; n-- {
+		it := &item{key: d.bytes(), value: d.bytes(), create: st.index, mod: st.index, version: 1}
+		if !v1 {
+			it.create, it.mod, it.version = d.uvarint(), d.uvarint(), d.uvarint()
+			if st.keys.Len() > 0 && it.key <= last {
+				d.failWith(fmt.Errorf("keys out of order at %q", it.key))
+			}
+			last = it.key
+		}
+		if d.err == nil {
+			st.keys.ReplaceOrInsert(it)
+		}
 	}
 	if d.err == nil && len(d.buf) != 0 {
 		d.err = errors.New("trailing bytes")
@@ -90,7 +112,7 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 	}
 	s.mu.Lock()
 	oldMembers := s.members
-	s.kv, s.members, s.removed, s.applied = st.kv, st.members, st.removed, st.index
+	s.keys, s.members, s.removed, s.applied = st.keys, st.members, st.removed, st.index
 	s.mu.Unlock()
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap = st.index
@@ -105,7 +127,7 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 			s.hooks.setPeer(id, u)
 		}
 	}
-	s.lg.Info("restored state from snapshot", zap.Uint64("index", st.index), zap.Int("keys", len(st.kv)), zap.Int("members", len(st.members)))
+	s.lg.Info("restored state from snapshot", zap.Uint64("index", st.index), zap.Int("keys", st.keys.Len()), zap.Int("members", len(st.members)))
 	if st.removed[s.selfID] {
 		s.removedOnce.Do(func() { close(s.removedSelf) })
 	}
@@ -113,8 +135,9 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 }
 
 // maybeSnapshot starts a background snapshot every snapshotCount applied
-// entries. Only the map copy happens here; encoding and the disk writes run
-// on their own goroutine, so neither apply nor the raft loop waits for them.
+// entries. Only an O(1) copy-on-write clone of the key tree happens here;
+// encoding and the disk writes run on their own goroutine, so neither apply
+// nor the raft loop waits for them.
 func (s *kvstore) maybeSnapshot() {
 	s.mu.RLock()
 	index := s.applied
@@ -132,9 +155,10 @@ func (s *kvstore) maybeSnapshot() {
 		return
 	default:
 	}
-	s.mu.RLock()
-	kv, members, removed := maps.Clone(s.kv), maps.Clone(s.members), maps.Clone(s.removed)
-	s.mu.RUnlock()
+	// Clone must not run beside readers of the tree: take the write lock.
+	s.mu.Lock()
+	st := &snapshotState{index: index, members: maps.Clone(s.members), removed: maps.Clone(s.removed), keys: s.keys.Clone()}
+	s.mu.Unlock()
 	cs := proto.Clone(s.confState).(*raftpb.ConfState)
 	s.lastSnap, s.forceSnap = index, false
 	s.snapRunning.Store(true)
@@ -144,14 +168,14 @@ func (s *kvstore) maybeSnapshot() {
 		defer s.snapRunning.Store(false)
 		start := time.Now()
 		s.lg.Info("saving snapshot", zap.Uint64("index", index))
-		data := encodeSnapshot(index, members, removed, kv)
+		data := encodeSnapshot(st)
 		if err := s.hooks.saveSnapshot(index, cs, data); err != nil {
 			if errors.Is(err, errStopping) {
 				return
 			}
 			s.lg.Fatal("cannot save snapshot", zap.Uint64("index", index), zap.Error(err))
 		}
-		s.lg.Info("saved snapshot", zap.Uint64("index", index), zap.Int("keys", len(kv)),
+		s.lg.Info("saved snapshot", zap.Uint64("index", index), zap.Int("keys", st.keys.Len()),
 			zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
 	}()
 }

@@ -2,11 +2,6 @@ package main
 
 import "sync"
 
-type applyResult struct {
-	index uint64
-	err   error
-}
-
 // waitRegistry connects a request waiting for its entry to the apply of that
 // entry, by request id. Safe for concurrent use.
 type waitRegistry struct {
@@ -15,12 +10,12 @@ type waitRegistry struct {
 }
 
 type waiter struct {
-	ch       chan applyResult // buffered: trigger never blocks
-	accepted bool             // raft took the proposal
+	ch       chan result // buffered: trigger never blocks
+	accepted bool        // raft took the proposal
 }
 
-func (w *waitRegistry) register(id uint64) <-chan applyResult {
-	wt := &waiter{ch: make(chan applyResult, 1)}
+func (w *waitRegistry) register(id uint64) <-chan result {
+	wt := &waiter{ch: make(chan result, 1)}
 	w.mu.Lock()
 	if w.m == nil {
 		w.m = make(map[uint64]*waiter)
@@ -30,7 +25,7 @@ func (w *waitRegistry) register(id uint64) <-chan applyResult {
 	return wt.ch
 }
 
-func (w *waitRegistry) trigger(id uint64, r applyResult) {
+func (w *waitRegistry) trigger(id uint64, r result) {
 	w.mu.Lock()
 	wt, ok := w.m[id]
 	delete(w.m, id)
@@ -66,6 +61,6 @@ func (w *waitRegistry) fail(err error, onlyAccepted bool) {
 	}
 	w.mu.Unlock()
 	for _, wt := range failed {
-		wt.ch <- applyResult{err: err}
+		wt.ch <- result{err: err}
 	}
 }
