@@ -38,11 +38,9 @@ type commit struct {
 	applied       chan struct{}    // if set, closed once everything above is applied
 }
 
-// raftHooks is what the state machine needs from the raft node.
-type raftHooks interface {
+// raftCalls is what the state machine asks of the raft node.
+type raftCalls interface {
 	applyConfChange(cc *raftpb.ConfChange) *raftpb.ConfState
-	setPeer(id uint64, peerURL string)
-	removePeer(id uint64)
 	readIndex(ctx context.Context) (uint64, error)
 	saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte) error
 }
@@ -99,7 +97,9 @@ type kvstore struct {
 	lg            *zap.Logger
 	selfID        uint64
 	snapshotCount uint64
-	hooks         raftHooks
+	raft          raftCalls
+	peers         peerSet
+	members       *membership
 
 	// proposeC carries proposals to the raft node's proposer. Never closed:
 	// senders give up on stopc or their context instead.
@@ -109,8 +109,6 @@ type kvstore struct {
 
 	mu        sync.RWMutex // guards everything down to appliedCh
 	keys      *btree.BTreeG[*item]
-	members   map[uint64]string // member id -> peer URL
-	removed   map[uint64]bool
 	applied   uint64
 	appliedCh chan struct{} // closed and replaced when applied advances
 
@@ -130,15 +128,16 @@ type kvstore struct {
 	wg          sync.WaitGroup
 }
 
-func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- proposal) *kvstore {
+func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- proposal, raft raftCalls, peers peerSet, members *membership) *kvstore {
 	s := &kvstore{
 		lg:            lg,
 		selfID:        selfID,
 		snapshotCount: snapshotCount,
 		proposeC:      proposeC,
 		keys:          newKeyTree(),
-		members:       make(map[uint64]string),
-		removed:       make(map[uint64]bool),
+		raft:          raft,
+		peers:         peers,
+		members:       members,
 		appliedCh:     make(chan struct{}),
 		removedSelf:   make(chan struct{}),
 		stopc:         make(chan struct{}),
@@ -151,8 +150,7 @@ func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- pr
 }
 
 // start runs the apply goroutine until commitC is closed.
-func (s *kvstore) start(hooks raftHooks, commitC <-chan *commit) {
-	s.hooks = hooks
+func (s *kvstore) start(commitC <-chan *commit) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -417,7 +415,7 @@ func (s *kvstore) sync(ctx context.Context, linearizable bool) error {
 	if !linearizable {
 		return nil
 	}
-	ri, err := s.hooks.readIndex(ctx)
+	ri, err := s.raft.readIndex(ctx)
 	if err != nil {
 		return err
 	}

@@ -210,6 +210,10 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		return nil, fmt.Errorf("client API listener (--port): %w", err)
 	}
 
+	// Construction follows the data flow, so nothing points back: the
+	// membership first (the raft node asks it whether an id was removed),
+	// then the raft node, then the state machine, which proposes to it.
+	members := newMembership()
 	proposeC := make(chan proposal, 4096)
 	base := filepath.Join(cfg.dataDir, "raftexample-"+strconv.FormatUint(cfg.id, 10))
 	rn, err := newRaftNode(lg, raftConfig{
@@ -217,20 +221,19 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		waldir: base, snapdir: base + "-snap",
 		tick: cfg.tick, electionTicks: cfg.electionTicks,
 		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount,
+		isRemoved: members.isRemoved,
 	}, proposeC)
 	if err != nil {
 		peerLn.Close()
 		apiLn.Close()
 		return nil, err
 	}
-	kv := newKVStore(lg, cfg.id, cfg.snapshotCount, proposeC)
-	kv.start(rn, rn.commitC)
-	if err := rn.start(kv.isRemoved, peerLn); err != nil {
+	kv := newKVStore(lg, cfg.id, cfg.snapshotCount, proposeC, rn, rn, members)
+	kv.start(rn.commitC)
+	if err := rn.start(peerLn); err != nil {
 		peerLn.Close()
 		apiLn.Close()
-		rn.stop()
-		kv.stop()
-		rn.close()
+		stopParts(rn, kv)
 		return nil, err
 	}
 
@@ -267,6 +270,17 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	return s, nil
 }
 
+// stopParts stops the raft node and the state machine in the one order that
+// loses nothing: raft's loops first (no new commits; commitC is closed), then
+// the state machine (it applies what it was handed and finishes a snapshot
+// in progress, which still writes through the raft node), and only then the
+// transport, raft and the WAL.
+func stopParts(rn *raftNode, kv *kvstore) {
+	rn.stop()
+	kv.stop()
+	rn.close()
+}
+
 // addr is the client API's address (useful with --port 0).
 func (s *server) addr() string { return s.apiLn.Addr().String() }
 
@@ -281,9 +295,7 @@ func (s *server) stop() {
 			s.api.Close()
 		}
 		cancel()
-		s.rn.stop()
-		s.kv.stop()
-		s.rn.close()
+		stopParts(s.rn, s.kv)
 		s.wg.Wait()
 	})
 }

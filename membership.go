@@ -7,21 +7,84 @@ import (
 	"net"
 	"net/url"
 	"strconv"
+	"sync"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 )
+
+// membership is the applied cluster membership: the members with their
+// peer URLs, and every id ever removed (a removed id is never reused).
+// Changed only by the state machine's apply goroutine (applyMembership,
+// restore); read by anyone: the raft node asks isRemoved on every message.
+type membership struct {
+	mu      sync.RWMutex // guards both maps
+	members map[uint64]string
+	removed map[uint64]bool
+}
+
+func newMembership() *membership {
+	return &membership{members: map[uint64]string{}, removed: map[uint64]bool{}}
+}
+
+// peerSet is how the apply path changes whom the transport talks to.
+type peerSet interface {
+	setPeer(id uint64, peerURL string)
+	removePeer(id uint64)
+}
+
+// isRemoved reports whether a member id was removed by an applied change.
+func (m *membership) isRemoved(id uint64) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.removed[id]
+}
+
+// lookup tells whether id is a member or was removed, and how many members
+// there are.
+func (m *membership) lookup(id uint64) (isMember, wasRemoved bool, n int) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, isMember = m.members[id]
+	return isMember, m.removed[id], len(m.members)
+}
+
+// list returns copies of the members and the removed ids.
+func (m *membership) list() (map[uint64]string, map[uint64]bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return maps.Clone(m.members), maps.Clone(m.removed)
+}
+
+// replace sets the whole membership (from a snapshot) and returns the
+// members it had before.
+func (m *membership) replace(members map[uint64]string, removed map[uint64]bool) map[uint64]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	old := m.members
+	m.members, m.removed = members, removed
+	return old
+}
+
+func (m *membership) add(id uint64, peerURL string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.members[id] = peerURL
+}
+
+func (m *membership) remove(id uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.members, id)
+	m.removed[id] = true
+}
 
 // applyMembership checks a committed membership change against the applied
 // membership (the same verdict on every node) and applies it, or turns it into
 // a no-op for raft and returns why.
 func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	id := cc.GetNodeId()
-	s.mu.RLock()
-	_, isMember := s.members[id]
-	wasRemoved := s.removed[id]
-	nMembers := len(s.members)
-	s.mu.RUnlock()
+	isMember, wasRemoved, nMembers := s.members.lookup(id)
 
 	var verdict error
 	switch cc.GetType() {
@@ -51,7 +114,7 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	if verdict != nil {
 		// raft must still see the entry applied; node id 0 makes it a no-op.
 		noop := &raftpb.ConfChange{Type: new(raftpb.ConfChangeAddNode), NodeId: new(uint64(0))}
-		s.confState = s.hooks.applyConfChange(noop)
+		s.confState = s.raft.applyConfChange(noop)
 		s.mu.Lock()
 		s.applied = index
 		s.mu.Unlock()
@@ -59,14 +122,13 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 		return verdict
 	}
 
-	s.confState = s.hooks.applyConfChange(cc)
-	s.mu.Lock()
+	s.confState = s.raft.applyConfChange(cc)
 	if cc.GetType() == raftpb.ConfChangeAddNode {
-		s.members[id] = string(cc.GetContext())
+		s.members.add(id, string(cc.GetContext()))
 	} else {
-		delete(s.members, id)
-		s.removed[id] = true
+		s.members.remove(id)
 	}
+	s.mu.Lock()
 	s.applied = index
 	s.mu.Unlock()
 
@@ -74,7 +136,7 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 		s.forceSnap = s.lastSnap > 0
 		s.lg.Info("member added", zap.Uint64("member", id), zap.String("peer-url", string(cc.GetContext())))
 		if id != s.selfID {
-			s.hooks.setPeer(id, string(cc.GetContext()))
+			s.peers.setPeer(id, string(cc.GetContext()))
 		}
 		return nil
 	}
@@ -82,17 +144,14 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	if id == s.selfID {
 		s.removedOnce.Do(func() { close(s.removedSelf) })
 	} else {
-		s.hooks.removePeer(id)
+		s.peers.removePeer(id)
 	}
 	return nil
 }
 
 // AddMember proposes adding a voting member reachable at peerURL.
 func (s *kvstore) AddMember(ctx context.Context, id uint64, peerURL string) (uint64, error) {
-	s.mu.RLock()
-	_, isMember := s.members[id]
-	wasRemoved := s.removed[id]
-	s.mu.RUnlock()
+	isMember, wasRemoved, _ := s.members.lookup(id)
 	switch {
 	case isMember:
 		return 0, errMemberExists
@@ -107,10 +166,7 @@ func (s *kvstore) AddMember(ctx context.Context, id uint64, peerURL string) (uin
 
 // RemoveMember proposes removing a member.
 func (s *kvstore) RemoveMember(ctx context.Context, id uint64) (uint64, error) {
-	s.mu.RLock()
-	_, isMember := s.members[id]
-	n := len(s.members)
-	s.mu.RUnlock()
+	isMember, _, n := s.members.lookup(id)
 	switch {
 	case !isMember:
 		return 0, errNoMember
@@ -123,18 +179,10 @@ func (s *kvstore) RemoveMember(ctx context.Context, id uint64) (uint64, error) {
 	return res.index, err
 }
 
-// isRemoved reports whether a member id was removed by an applied change.
-func (s *kvstore) isRemoved(id uint64) bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.removed[id]
-}
-
 // Members returns a copy of the applied membership.
 func (s *kvstore) Members() map[uint64]string {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return maps.Clone(s.members)
+	members, _ := s.members.list()
+	return members
 }
 
 // validatePeerURL accepts http(s)://host:port with nothing after it.

@@ -50,6 +50,9 @@ type raftConfig struct {
 	electionTicks  int
 	requestTimeout time.Duration
 	snapshotCount  uint64
+	// isRemoved is all the raft node knows of the state machine: whether an
+	// id was removed from the cluster by an applied change.
+	isRemoved func(id uint64) bool
 }
 
 // raftNode drives etcd's raft library: it persists to the WAL and snapshot
@@ -67,7 +70,6 @@ type raftNode struct {
 	snapshotter *snap.Snapshotter
 	transport   *rafthttp.Transport
 	peerServer  *http.Server
-	isRemoved   func(id uint64) bool
 	// peerURLs is the URL the transport uses for each peer. Written by start,
 	// then only by the state machine's apply goroutine (setPeer/removePeer).
 	peerURLs map[uint64]string
@@ -136,8 +138,7 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 // start launches raft, then the peer transport (which steps messages into
 // raft), then the loops. The peer listener is already bound, so a port
 // conflict was reported before this.
-func (rc *raftNode) start(isRemoved func(uint64) bool, peerLn *stoppableListener) error {
-	rc.isRemoved = isRemoved
+func (rc *raftNode) start(peerLn *stoppableListener) error {
 	c := &raft.Config{
 		ID:                        rc.cfg.id,
 		ElectionTick:              rc.cfg.electionTicks,
@@ -201,7 +202,7 @@ func (rc *raftNode) start(isRemoved func(uint64) bool, peerLn *stoppableListener
 }
 
 // stop ends raft's loops; commitC is closed when it returns. The state
-// machine then finishes applying (it may still call raftHooks) before close.
+// machine then finishes applying (it may still call raftCalls) before close.
 func (rc *raftNode) stop() {
 	rc.stopOnce.Do(func() {
 		close(rc.stopc)
@@ -357,7 +358,7 @@ func (rc *raftNode) publish(snapshot *raftpb.Snapshot, ents []*raftpb.Entry, lea
 // prepareMessages drops messages to members that are gone; rafthttp would
 // only log them.
 func (rc *raftNode) prepareMessages(ms []*raftpb.Message) []*raftpb.Message {
-	return slices.DeleteFunc(ms, func(m *raftpb.Message) bool { return rc.isRemoved(m.GetTo()) })
+	return slices.DeleteFunc(ms, func(m *raftpb.Message) bool { return rc.cfg.isRemoved(m.GetTo()) })
 }
 
 // saveSnapshot persists a snapshot the state machine made at index and
@@ -571,7 +572,7 @@ func (rc *raftNode) readIndexRound() (uint64, error) {
 func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
 	return rc.node.Step(ctx, m)
 }
-func (rc *raftNode) IsIDRemoved(id uint64) bool { return rc.isRemoved(id) }
+func (rc *raftNode) IsIDRemoved(id uint64) bool { return rc.cfg.isRemoved(id) }
 func (rc *raftNode) ReportUnreachable(id uint64) {
 	rc.node.ReportUnreachable(id)
 }
@@ -579,7 +580,7 @@ func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	rc.node.ReportSnapshot(id, status)
 }
 
-// The raftHooks interface: what the state machine asks of raft.
+// What the state machine asks of raft (raftCalls, peerSet).
 
 func (rc *raftNode) applyConfChange(cc *raftpb.ConfChange) *raftpb.ConfState {
 	return rc.node.ApplyConfChange(cc)

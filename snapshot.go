@@ -111,20 +111,20 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 		return fmt.Errorf("snapshot data is for index %d but its metadata says %d", st.index, meta)
 	}
 	s.mu.Lock()
-	oldMembers := s.members
-	s.keys, s.members, s.removed, s.applied = st.keys, st.members, st.removed, st.index
+	s.keys, s.applied = st.keys, st.index
 	s.mu.Unlock()
+	oldMembers := s.members.replace(st.members, st.removed)
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap = st.index
 
 	for id := range oldMembers {
 		if _, ok := st.members[id]; !ok && id != s.selfID {
-			s.hooks.removePeer(id)
+			s.peers.removePeer(id)
 		}
 	}
 	for id, u := range st.members {
 		if id != s.selfID {
-			s.hooks.setPeer(id, u)
+			s.peers.setPeer(id, u)
 		}
 	}
 	s.lg.Info("restored state from snapshot", zap.Uint64("index", st.index), zap.Int("keys", st.keys.Len()), zap.Int("members", len(st.members)))
@@ -156,8 +156,9 @@ func (s *kvstore) maybeSnapshot() {
 	default:
 	}
 	// Clone must not run beside readers of the tree: take the write lock.
+	members, removed := s.members.list()
 	s.mu.Lock()
-	st := &snapshotState{index: index, members: maps.Clone(s.members), removed: maps.Clone(s.removed), keys: s.keys.Clone()}
+	st := &snapshotState{index: index, members: members, removed: removed, keys: s.keys.Clone()}
 	s.mu.Unlock()
 	cs := proto.Clone(s.confState).(*raftpb.ConfState)
 	s.lastSnap, s.forceSnap = index, false
@@ -169,7 +170,7 @@ func (s *kvstore) maybeSnapshot() {
 		start := time.Now()
 		s.lg.Info("saving snapshot", zap.Uint64("index", index))
 		data := encodeSnapshot(st)
-		if err := s.hooks.saveSnapshot(index, cs, data); err != nil {
+		if err := s.raft.saveSnapshot(index, cs, data); err != nil {
 			if errors.Is(err, errStopping) {
 				return
 			}
