@@ -37,6 +37,7 @@ type httpAPI struct {
 	logBounds       func() logBounds
 	requestTimeout  time.Duration
 	maxRequestBytes int64
+	limits          limits
 }
 
 // versionedPrefix starts the paths of the versioned API; such paths are
@@ -46,7 +47,7 @@ const versionedPrefix = "/v1/"
 const allowedMethods = "GET, HEAD, PUT, POST, DELETE"
 
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, versionedPrefix) {
+	if isV1(r) {
 		h.serveV1(w, r)
 		return
 	}
@@ -67,19 +68,49 @@ func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
-	switch r.URL.Path {
-	case versionedPrefix + "status":
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
-			w.Header().Set("Allow", "GET, HEAD")
-			http.Error(w, "method "+r.Method+" not allowed; use GET", http.StatusMethodNotAllowed)
+	switch p := r.URL.Path; {
+	case p == versionedPrefix+"status":
+		if !h.methods(w, r, http.MethodGet, http.MethodHead) {
 			return
 		}
 		if _, ok := h.query(w, r); ok {
 			h.status(w)
 		}
+	case p == versionedPrefix+"kv" || strings.HasPrefix(p, kvPrefix):
+		h.serveKV(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"kv"), "/"))
+	case p == versionedPrefix+"txn":
+		if h.methods(w, r, http.MethodPost) {
+			h.txn(w, r)
+		}
 	default:
-		http.Error(w, "no such route "+strconv.Quote(r.URL.Path)+"; paths under "+versionedPrefix+" are the versioned API, not keys", http.StatusNotFound)
+		h.reject(w, r, http.StatusNotFound, "no_route", "no such route "+strconv.Quote(r.URL.Path)+"; paths under "+versionedPrefix+" are the versioned API, not keys")
 	}
+}
+
+func isV1(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, versionedPrefix) }
+
+// methods answers 405 unless r's method is one of allowed.
+func (h *httpAPI) methods(w http.ResponseWriter, r *http.Request, allowed ...string) bool {
+	if slices.Contains(allowed, r.Method) {
+		return true
+	}
+	w.Header().Set("Allow", strings.Join(allowed, ", "))
+	h.reject(w, r, http.StatusMethodNotAllowed, "method_not_allowed", "method "+r.Method+" not allowed; use "+strings.Join(allowed, ", "))
+	return false
+}
+
+// reject answers an error: under /v1/ as JSON {"error": code, "message":
+// msg}, at the root as one line of text, as raftexample did.
+func (h *httpAPI) reject(w http.ResponseWriter, r *http.Request, status int, code, msg string) {
+	if !isV1(r) {
+		http.Error(w, msg, status)
+		return
+	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	writeJSON(w, status, struct {
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}{code, msg})
 }
 
 // statusReply is the body of GET /v1/status.
@@ -138,17 +169,11 @@ func (h *httpAPI) get(w http.ResponseWriter, r *http.Request, key string) {
 	if !ok {
 		return
 	}
-	if key == "" {
-		http.Error(w, "missing key: use GET /<key>", http.StatusBadRequest)
+	if !h.checkKey(w, r, key, "GET /<key>") {
 		return
 	}
-	linearizable := true
-	switch c := q.Get("consistency"); c {
-	case "", "linearizable":
-	case "serializable":
-		linearizable = false
-	default:
-		http.Error(w, "consistency must be linearizable (default) or serializable, not "+strconv.Quote(c), http.StatusBadRequest)
+	linearizable, ok := h.consistency(w, r, q)
+	if !ok {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
@@ -172,11 +197,10 @@ func (h *httpAPI) put(w http.ResponseWriter, r *http.Request, key string) {
 	if _, ok := h.query(w, r); !ok {
 		return
 	}
-	if key == "" {
-		http.Error(w, "missing key: use PUT /<key> with the value as the body", http.StatusBadRequest)
+	if !h.checkKey(w, r, key, "PUT /<key> with the value as the body") {
 		return
 	}
-	body, ok := h.readBody(w, r)
+	body, ok := h.readBodyMax(w, r, h.limits.valueBytes, "value", "--max-value-bytes")
 	if !ok {
 		return
 	}
@@ -228,11 +252,39 @@ func (h *httpAPI) replicate(w http.ResponseWriter, r *http.Request, change func(
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// checkKey refuses an empty key or one over --max-key-bytes.
+func (h *httpAPI) checkKey(w http.ResponseWriter, r *http.Request, key, usage string) bool {
+	switch {
+	case key == "":
+		h.reject(w, r, http.StatusBadRequest, "missing_key", "missing key: use "+usage)
+	case len(key) > h.limits.keyBytes:
+		h.reject(w, r, http.StatusBadRequest, "key_too_large",
+			"key of "+strconv.Itoa(len(key))+" bytes is larger than "+strconv.Itoa(h.limits.keyBytes)+" bytes (--max-key-bytes)")
+	default:
+		return true
+	}
+	return false
+}
+
+// consistency reads ?consistency: linearizable (the default) or
+// serializable.
+func (h *httpAPI) consistency(w http.ResponseWriter, r *http.Request, q url.Values) (linearizable, ok bool) {
+	switch c := q.Get("consistency"); c {
+	case "", "linearizable":
+		return true, true
+	case "serializable":
+		return false, true
+	default:
+		h.reject(w, r, http.StatusBadRequest, "bad_query", "consistency must be linearizable (default) or serializable, not "+strconv.Quote(c))
+		return false, false
+	}
+}
+
 // query parses the query string and rejects options the route does not know.
 func (h *httpAPI) query(w http.ResponseWriter, r *http.Request, known ...string) (url.Values, bool) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		http.Error(w, "malformed query string: "+err.Error(), http.StatusBadRequest)
+		h.reject(w, r, http.StatusBadRequest, "bad_query", "malformed query string: "+err.Error())
 		return nil, false
 	}
 	for name := range q {
@@ -241,7 +293,7 @@ func (h *httpAPI) query(w http.ResponseWriter, r *http.Request, known ...string)
 			if len(known) > 0 {
 				msg += "; known: " + strings.Join(known, ", ")
 			}
-			http.Error(w, msg, http.StatusBadRequest)
+			h.reject(w, r, http.StatusBadRequest, "bad_query", msg)
 			return nil, false
 		}
 	}
@@ -249,18 +301,28 @@ func (h *httpAPI) query(w http.ResponseWriter, r *http.Request, known ...string)
 }
 
 func (h *httpAPI) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	tooLarge := "request body larger than " + strconv.FormatInt(h.maxRequestBytes, 10) + " bytes (--max-request-bytes)"
-	if r.ContentLength > h.maxRequestBytes {
-		http.Error(w, tooLarge, http.StatusRequestEntityTooLarge)
+	return h.readBodyMax(w, r, h.maxRequestBytes, "request body", "--max-request-bytes")
+}
+
+// readBodyMax reads the body, refusing one over max bytes with a 413 that
+// names the limit and its flag.
+func (h *httpAPI) readBodyMax(w http.ResponseWriter, r *http.Request, max int64, what, flag string) ([]byte, bool) {
+	max = min(max, h.maxRequestBytes)
+	if max == h.maxRequestBytes {
+		what, flag = "request body", "--max-request-bytes"
+	}
+	tooLarge := what + " larger than " + strconv.FormatInt(max, 10) + " bytes (" + flag + ")"
+	if r.ContentLength > max {
+		h.reject(w, r, http.StatusRequestEntityTooLarge, "too_large", tooLarge)
 		return nil, false
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.maxRequestBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 	if err != nil {
 		var maxErr *http.MaxBytesError
 		if errors.As(err, &maxErr) {
-			http.Error(w, tooLarge, http.StatusRequestEntityTooLarge)
+			h.reject(w, r, http.StatusRequestEntityTooLarge, "too_large", tooLarge)
 		} else {
-			http.Error(w, "cannot read request body: "+err.Error(), http.StatusBadRequest)
+			h.reject(w, r, http.StatusBadRequest, "bad_body", "cannot read request body: "+err.Error())
 		}
 		return nil, false
 	}
@@ -285,5 +347,5 @@ func (h *httpAPI) fail(w http.ResponseWriter, r *http.Request, err error) {
 	if re.status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", "1")
 	}
-	http.Error(w, err.Error(), re.status)
+	h.reject(w, r, re.status, re.code, err.Error())
 }

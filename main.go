@@ -40,6 +40,7 @@ type config struct {
 	electionTicks   int
 	requestTimeout  time.Duration
 	maxRequestBytes int64
+	limits          limits
 	logLevel        zapcore.Level
 }
 
@@ -61,6 +62,10 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	electionTicks := fs.Int("election-ticks", 10, "ticks without a leader before an election (heartbeat is 1 tick)")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for the cluster before 503")
 	maxRequestBytes := fs.Int64("max-request-bytes", 1536*1024, "largest accepted request body in bytes")
+	maxKeyBytes := fs.Int("max-key-bytes", 4096, "longest key in bytes")
+	maxValueBytes := fs.Int64("max-value-bytes", 1536*1024, "largest value in bytes (at most --max-request-bytes)")
+	maxTxnOps := fs.Int("max-txn-ops", 128, "most compares plus ops in one transaction")
+	maxList := fs.Int("max-list", 1000, "most keys in one listing page (and the page size when ?limit is not given)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {} // errors are reported in one line by the caller
 
@@ -94,6 +99,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		id: *id, port: *port, join: *join, listen: *listen, dataDir: *dataDir,
 		snapshotCount: *snapshotCount, tick: time.Duration(*tick) * time.Millisecond,
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
+		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList},
 	}
 	seen := map[string]bool{}
 	for _, u := range strings.Split(*cluster, ",") {
@@ -131,6 +137,14 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		return config{}, fmt.Errorf("invalid --request-timeout %v: must be positive", cfg.requestTimeout)
 	case cfg.maxRequestBytes < 1 || cfg.maxRequestBytes > 64<<20:
 		return config{}, fmt.Errorf("invalid --max-request-bytes %d: must be 1..%d", cfg.maxRequestBytes, 64<<20)
+	case cfg.limits.keyBytes < 1 || cfg.limits.keyBytes > 1<<20:
+		return config{}, fmt.Errorf("invalid --max-key-bytes %d: must be 1..%d", cfg.limits.keyBytes, 1<<20)
+	case cfg.limits.valueBytes < 0 || cfg.limits.valueBytes > cfg.maxRequestBytes:
+		return config{}, fmt.Errorf("invalid --max-value-bytes %d: must be 0..--max-request-bytes (%d)", cfg.limits.valueBytes, cfg.maxRequestBytes)
+	case cfg.limits.txnOps < 1 || cfg.limits.txnOps > 10000:
+		return config{}, fmt.Errorf("invalid --max-txn-ops %d: must be 1..10000", cfg.limits.txnOps)
+	case cfg.limits.listLimit < 1 || cfg.limits.listLimit > 1000000:
+		return config{}, fmt.Errorf("invalid --max-list %d: must be 1..1000000", cfg.limits.listLimit)
 	}
 	return cfg, nil
 }
@@ -242,7 +256,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		removed: make(chan struct{}),
 		stopc:   make(chan struct{}),
 		api: &http.Server{
-			Handler:           &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes},
+			Handler:           &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits},
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),

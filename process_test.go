@@ -487,3 +487,43 @@ func killDuringSnapshotInstall(t *testing.T, failpoint, restartLog string) {
 		t.Fatalf("member 3 did not log %q at its restart:\n%s", restartLog, tail(logs, 4000))
 	}
 }
+
+// The /v1 API on the real binary, as a user with curl would call it.
+func TestProcessV1API(t *testing.T) {
+	dir := t.TempDir()
+	peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	port := strconv.Itoa(freePort(t))
+	startProc(t, "--cluster", peer, "--port", port, "--data-dir", dir, "--tick", "20")
+	base := "http://127.0.0.1:" + port
+	waitHTTP(t, base+"/v1/status")
+	var r response
+	eventually(t, 10*time.Second, func() error {
+		var err error
+		r, err = tryDo("PUT", base+"/v1/kv/config/app", "blue")
+		if err == nil && r.code != 200 {
+			err = fmt.Errorf("%d %s", r.code, r.body)
+		}
+		return err
+	})
+	mod := r.header.Get("X-Mod-Index")
+	if r := doH(t, "PUT", base+"/v1/kv/config/app", "green", map[string]string{"If-Match": mod}); r.code != 200 {
+		t.Fatalf("If-Match: %d %s", r.code, r.body)
+	}
+	if r := doH(t, "PUT", base+"/v1/kv/config/app", "red", map[string]string{"If-Match": mod}); r.code != 412 || !strings.Contains(r.body, `"precondition_failed"`) {
+		t.Fatalf("stale If-Match: %d %s", r.code, r.body)
+	}
+	if r := do(t, "GET", base+"/config/app", ""); r.body != "green" {
+		t.Fatalf("root GET of a /v1 key: %q", r.body)
+	}
+	r = do(t, "POST", base+"/v1/txn", `{"compare":[{"key":"config/app","target":"version","op":"=","value":2}],"success":[{"op":"put","key":"config/other","value":"x"}]}`)
+	if r.code != 200 || !strings.Contains(r.body, `"succeeded":true`) {
+		t.Fatalf("txn: %d %s", r.code, r.body)
+	}
+	r = do(t, "GET", base+"/v1/kv/?prefix=config/", "")
+	if r.code != 200 || !strings.Contains(r.body, `"key":"config/app"`) || !strings.Contains(r.body, `"key":"config/other"`) {
+		t.Fatalf("list: %d %s", r.code, r.body)
+	}
+	if r := do(t, "DELETE", base+"/v1/kv/?prefix=config/", ""); r.code != 200 || !strings.Contains(r.body, `"deleted":2`) {
+		t.Fatalf("delete prefix: %d %s", r.code, r.body)
+	}
+}
