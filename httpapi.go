@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -38,6 +39,9 @@ type httpAPI struct {
 	requestTimeout  time.Duration
 	maxRequestBytes int64
 	limits          limits
+	// stopping is closed when the server begins to shut down: watches end.
+	stopping <-chan struct{}
+	watchers atomic.Int64 // watches being served
 }
 
 // versionedPrefix starts the paths of the versioned API; such paths are

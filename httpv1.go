@@ -9,8 +9,10 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -29,10 +31,12 @@ const kvPrefix = versionedPrefix + "kv/"
 
 // limits bound what one request may ask for; each has a flag.
 type limits struct {
-	keyBytes   int   // --max-key-bytes
-	valueBytes int64 // --max-value-bytes
-	txnOps     int   // --max-txn-ops: compares plus ops
-	listLimit  int   // --max-list: keys in one listing page
+	keyBytes   int           // --max-key-bytes
+	valueBytes int64         // --max-value-bytes
+	txnOps     int           // --max-txn-ops: compares plus ops
+	listLimit  int           // --max-list: keys in one listing page (and events in one watch answer)
+	watchers   int           // --max-watchers: watches this member serves at once
+	watchWait  time.Duration // --max-watch-wait: the longest ?timeout of a long poll
 }
 
 // kvJSON is one key as /v1 shows it. The value is in value when it is
@@ -116,8 +120,16 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func (h *httpAPI) getV1(w http.ResponseWriter, r *http.Request, key string) {
-	q, ok := h.query(w, r, "consistency")
+	q, ok := h.query(w, r, "consistency", "wait", "index", "timeout")
 	if !ok {
+		return
+	}
+	if q.Has("wait") {
+		h.watch(w, r, q, key, false)
+		return
+	}
+	if q.Has("index") || q.Has("timeout") {
+		h.reject(w, r, http.StatusBadRequest, "bad_query", "index and timeout go with wait=true")
 		return
 	}
 	linearizable, ok := h.consistency(w, r, q)
@@ -290,8 +302,16 @@ type listReply struct {
 }
 
 func (h *httpAPI) list(w http.ResponseWriter, r *http.Request) {
-	q, ok := h.query(w, r, "prefix", "after", "limit", "values", "consistency")
+	q, ok := h.query(w, r, "prefix", "after", "limit", "values", "consistency", "wait", "index", "timeout")
 	if !ok {
+		return
+	}
+	if q.Has("wait") {
+		h.watch(w, r, q, q.Get("prefix"), true)
+		return
+	}
+	if q.Has("index") || q.Has("timeout") {
+		h.reject(w, r, http.StatusBadRequest, "bad_query", "index and timeout go with wait=true")
 		return
 	}
 	linearizable, ok := h.consistency(w, r, q)
@@ -583,4 +603,190 @@ func (h *httpAPI) parseTxnOp(oj txnOpJSON) (op, error) {
 		return op{kind: opDeletePrefix, key: oj.Prefix}, nil
 	}
 	return op{}, fmt.Errorf("op must be put, delete, delete_prefix or get, not %q", oj.Op)
+}
+
+// eventJSON is one change as a watcher sees it. A put carries the key's
+// value and metadata after it; a delete only the key, with mod_index the
+// index of the delete.
+type eventJSON struct {
+	Type  string `json:"type"` // put or delete
+	Index uint64 `json:"index"`
+	kvJSON
+}
+
+func toEventJSON(e event) eventJSON {
+	if e.deleted {
+		return eventJSON{Type: "delete", Index: e.index, kvJSON: kvJSON{Key: e.it.key, ModIndex: e.index}}
+	}
+	return eventJSON{Type: "put", Index: e.index, kvJSON: *toJSON(e.it, true)}
+}
+
+type watchReply struct {
+	// Index is what to pass as ?index= to wait for the next change.
+	Index  uint64      `json:"index"`
+	Events []eventJSON `json:"events"`
+}
+
+// watchParams reads ?wait=true, ?index and ?timeout (and, for streams,
+// Last-Event-ID).
+func (h *httpAPI) watchParams(w http.ResponseWriter, r *http.Request, q url.Values) (index uint64, timeout time.Duration, ok bool) {
+	if v := q.Get("wait"); v != "true" {
+		h.reject(w, r, http.StatusBadRequest, "bad_query", "wait must be true, not "+strconv.Quote(v))
+		return 0, 0, false
+	}
+	s := q.Get("index")
+	if id := r.Header.Get("Last-Event-ID"); id != "" && wantsStream(r) {
+		s = id // a reconnecting EventSource resumes after the last event it saw
+	}
+	if s == "" {
+		index = h.store.watch.current()
+	} else {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			h.reject(w, r, http.StatusBadRequest, "bad_query", "index must be a raft index (a decimal number), not "+strconv.Quote(s))
+			return 0, 0, false
+		}
+		index = n
+	}
+	timeout = min(60*time.Second, h.limits.watchWait)
+	if s := q.Get("timeout"); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			h.reject(w, r, http.StatusBadRequest, "bad_query", "timeout must be a positive duration such as 30s, not "+strconv.Quote(s))
+			return 0, 0, false
+		}
+		if d > h.limits.watchWait {
+			h.reject(w, r, http.StatusBadRequest, "timeout_too_long", fmt.Sprintf("timeout %v is longer than %v (--max-watch-wait)", d, h.limits.watchWait))
+			return 0, 0, false
+		}
+		timeout = d
+	}
+	return index, timeout, true
+}
+
+func wantsStream(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
+		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "text/event-stream" {
+			return true
+		}
+	}
+	return false
+}
+
+// watch answers a watch on key (or the keys under it, if prefix): a long
+// poll that returns once there are events after the index, or a
+// Server-Sent Events stream with Accept: text/event-stream.
+func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request, q url.Values, key string, prefix bool) {
+	index, timeout, ok := h.watchParams(w, r, q)
+	if !ok {
+		return
+	}
+	if n := h.watchers.Add(1); n > int64(h.limits.watchers) {
+		h.watchers.Add(-1)
+		h.reject(w, r, http.StatusTooManyRequests, "too_many_watchers", fmt.Sprintf("this member already serves %d watches (--max-watchers); retry later or on another member", h.limits.watchers))
+		return
+	}
+	defer h.watchers.Add(-1)
+	match := keyMatcher(key, prefix)
+	if wantsStream(r) {
+		h.stream(w, r, index, match)
+		return
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		evs, upTo, wake, ok := h.store.watch.since(index, match, h.limits.listLimit)
+		if !ok {
+			h.compacted(w, r, index, upTo)
+			return
+		}
+		if len(evs) > 0 {
+			h.watchAnswer(w, upTo, evs)
+			return
+		}
+		index = upTo // nothing of ours up to here
+		select {
+		case <-wake:
+		case <-deadline.C:
+			h.watchAnswer(w, upTo, nil)
+			return
+		case <-h.stopping:
+			h.watchAnswer(w, upTo, nil)
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
+}
+
+func (h *httpAPI) watchAnswer(w http.ResponseWriter, upTo uint64, evs []event) {
+	reply := watchReply{Index: upTo, Events: []eventJSON{}}
+	for _, e := range evs {
+		reply.Events = append(reply.Events, toEventJSON(e))
+	}
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(upTo, 10))
+	writeJSON(w, http.StatusOK, reply)
+}
+
+func (h *httpAPI) compacted(w http.ResponseWriter, r *http.Request, index, oldest uint64) {
+	w.Header().Set("X-Oldest-Index", strconv.FormatUint(oldest, 10))
+	writeJSON(w, http.StatusGone, struct {
+		Error       string `json:"error"`
+		Message     string `json:"message"`
+		OldestIndex uint64 `json:"oldest_index"`
+	}{"compacted", fmt.Sprintf("events after index %d are no longer kept here (the oldest index to watch from is %d, see --watch-history); list the keys again and watch from the listing's index", index, oldest), oldest})
+}
+
+// stream sends the events after index as Server-Sent Events, one SSE event
+// per raft index (data: a JSON array of its events; id: the index), until
+// the client leaves or the member stops. A watcher whose cursor falls out of
+// the window gets an "event: compacted" and the stream ends.
+func (h *httpAPI) stream(w http.ResponseWriter, r *http.Request, index uint64, match func(string) bool) {
+	rc := http.NewResponseController(w)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	w.WriteHeader(http.StatusOK)
+	fmt.Fprintf(w, ": watching from index %d\n\n", index)
+	rc.Flush()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	for {
+		evs, upTo, wake, ok := h.store.watch.since(index, match, h.limits.listLimit)
+		if !ok {
+			fmt.Fprintf(w, "event: compacted\ndata: {\"error\":\"compacted\",\"oldest_index\":%d,\"message\":\"events after index %d are no longer kept here; list again and watch from the listing's index\"}\n\n", upTo, index)
+			rc.Flush()
+			return
+		}
+		for len(evs) > 0 {
+			n := 1
+			for n < len(evs) && evs[n].index == evs[0].index {
+				n++
+			}
+			batch := make([]eventJSON, n)
+			for i := range batch {
+				batch[i] = toEventJSON(evs[i])
+			}
+			data, _ := json.Marshal(batch)
+			if _, err := fmt.Fprintf(w, "id: %d\ndata: %s\n\n", evs[0].index, data); err != nil {
+				return
+			}
+			evs = evs[n:]
+		}
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		index = upTo
+		select {
+		case <-wake:
+		case <-ping.C:
+			if _, err := io.WriteString(w, ": ping\n\n"); err != nil || rc.Flush() != nil {
+				return
+			}
+		case <-h.stopping:
+			return
+		case <-r.Context().Done():
+			return
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // doH is do with request headers.
@@ -254,7 +255,7 @@ func TestV1Txn(t *testing.T) {
 // nothing.
 func TestV1Errors(t *testing.T) {
 	c := newTestCluster(t, 1, func(cfg *config) {
-		cfg.limits = limits{keyBytes: 16, valueBytes: 100, txnOps: 3, listLimit: 5}
+		cfg.limits = limits{keyBytes: 16, valueBytes: 100, txnOps: 3, listLimit: 5, watchers: 10, watchWait: time.Second}
 	})
 	c.leader()
 	do(t, "PUT", c.url(0, "/v1/kv/k"), "v")
@@ -273,7 +274,13 @@ func TestV1Errors(t *testing.T) {
 		{"GET", "/v1/kv/" + long, "", nil, 400, "key_too_large", "--max-key-bytes"},
 		{"PUT", "/v1/kv/k", strings.Repeat("v", 101), nil, 413, "too_large", "--max-value-bytes"},
 		{"GET", "/v1/kv/k?consistency=eventual", "", nil, 400, "bad_query", "linearizable"},
-		{"GET", "/v1/kv/k?wait=true", "", nil, 400, "bad_query", "unknown query parameter"},
+		{"GET", "/v1/kv/k?after=a", "", nil, 400, "bad_query", "unknown query parameter"},
+		{"GET", "/v1/kv/k?wait=yes", "", nil, 400, "bad_query", "wait must be true"},
+		{"GET", "/v1/kv/k?index=3", "", nil, 400, "bad_query", "go with wait=true"},
+		{"GET", "/v1/kv/?prefix=a&timeout=1s", "", nil, 400, "bad_query", "go with wait=true"},
+		{"GET", "/v1/kv/k?wait=true&index=-1", "", nil, 400, "bad_query", "raft index"},
+		{"GET", "/v1/kv/k?wait=true&timeout=0s", "", nil, 400, "bad_query", "positive duration"},
+		{"GET", "/v1/kv/?wait=true&timeout=2s", "", nil, 400, "timeout_too_long", "--max-watch-wait"},
 		{"PUT", "/v1/kv/k", "v", map[string]string{"If-Match": "abc"}, 400, "bad_condition", "mod_index"},
 		{"PUT", "/v1/kv/k", "v", map[string]string{"If-Match": "0"}, 400, "bad_condition", "mod_index"},
 		{"PUT", "/v1/kv/k", "v", map[string]string{"If-None-Match": "3"}, 400, "bad_condition", "only *"},

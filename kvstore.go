@@ -85,9 +85,29 @@ type result struct {
 type opResult struct {
 	kind    opKind
 	key     string
-	prev    *item // the key before the op (for get: the key), nil if absent
-	cur     *item // put: the key after it
-	deleted int   // delete, delete-prefix: keys removed
+	prev    *item   // the key before the op (for get: the key), nil if absent
+	cur     *item   // put: the key after it
+	deleted int     // delete, delete-prefix: keys removed
+	gone    []*item // delete-prefix: the keys it removed, for watchers
+}
+
+// events lists what the op results of one index mean to watchers.
+func events(index uint64, ops []opResult, evs []event) []event {
+	for _, r := range ops {
+		switch r.kind {
+		case opPut:
+			evs = append(evs, event{index: index, it: r.cur})
+		case opDelete:
+			if r.prev != nil {
+				evs = append(evs, event{index: index, deleted: true, it: r.prev})
+			}
+		case opDeletePrefix:
+			for _, it := range r.gone {
+				evs = append(evs, event{index: index, deleted: true, it: it})
+			}
+		}
+	}
+	return evs
 }
 
 // kvstore is the replicated state machine: ordered keys with their
@@ -100,6 +120,7 @@ type kvstore struct {
 	raft          raftCalls
 	peers         peerSet
 	members       *membership
+	watch         *watchHub
 
 	// proposeC carries proposals to the raft node's proposer. Never closed:
 	// senders give up on stopc or their context instead.
@@ -128,7 +149,7 @@ type kvstore struct {
 	wg          sync.WaitGroup
 }
 
-func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- proposal, raft raftCalls, peers peerSet, members *membership) *kvstore {
+func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- proposal, raft raftCalls, peers peerSet, members *membership, watchHistory int) *kvstore {
 	s := &kvstore{
 		lg:            lg,
 		selfID:        selfID,
@@ -138,6 +159,7 @@ func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- pr
 		raft:          raft,
 		peers:         peers,
 		members:       members,
+		watch:         newWatchHub(watchHistory),
 		appliedCh:     make(chan struct{}),
 		removedSelf:   make(chan struct{}),
 		stopc:         make(chan struct{}),
@@ -211,9 +233,12 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 			res result
 		}
 		var answers []done
+		var evs []event
 		s.mu.Lock()
 		err := decodeOps(e.GetData(), func(o *op) {
-			answers = append(answers, done{o.reqID, applyOp(s.keys, index, o)})
+			res := applyOp(s.keys, index, o)
+			evs = events(index, res.ops, evs)
+			answers = append(answers, done{o.reqID, res})
 		})
 		if err == nil {
 			s.applied = index
@@ -226,6 +251,9 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 		if err != nil {
 			s.lg.Fatal("undecodable committed entry; refusing to diverge", zap.Uint64("index", index), zap.Error(err))
 		}
+		// Watchers hear of a write before its writer does: a watch from the
+		// index a write returned never misses it here.
+		s.watch.publish(index, evs)
 		for _, a := range answers {
 			s.waits.trigger(a.id, a.res)
 		}
@@ -235,6 +263,7 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 			s.lg.Fatal("undecodable conf change entry", zap.Uint64("index", index), zap.Error(err))
 		}
 		err := s.applyMembership(cc, index)
+		s.watch.publish(index, nil)
 		if cc.GetId() != 0 {
 			s.waits.trigger(cc.GetId(), result{index: index, err: err})
 		}
@@ -296,7 +325,7 @@ func applyOne(keys *btree.BTreeG[*item], index uint64, o *op) opResult {
 		for _, it := range gone {
 			keys.Delete(it)
 		}
-		r.deleted = len(gone)
+		r.deleted, r.gone = len(gone), gone
 	case opGet:
 		r.prev, _ = keys.Get(&item{key: o.key})
 	}

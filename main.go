@@ -41,6 +41,7 @@ type config struct {
 	requestTimeout  time.Duration
 	maxRequestBytes int64
 	limits          limits
+	watchHistory    int
 	logLevel        zapcore.Level
 }
 
@@ -66,6 +67,9 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	maxValueBytes := fs.Int64("max-value-bytes", 1536*1024, "largest value in bytes (at most --max-request-bytes)")
 	maxTxnOps := fs.Int("max-txn-ops", 128, "most compares plus ops in one transaction")
 	maxList := fs.Int("max-list", 1000, "most keys in one listing page (and the page size when ?limit is not given)")
+	watchHistory := fs.Int("watch-history", 10000, "recent events kept for watches; a watch from an older index gets 410")
+	maxWatchers := fs.Int("max-watchers", 1000, "watches (long polls and streams) one member serves at once")
+	maxWatchWait := fs.Duration("max-watch-wait", 5*time.Minute, "longest ?timeout of a long-poll watch (the default is 60s or this, if shorter)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	fs.Usage = func() {} // errors are reported in one line by the caller
 
@@ -99,7 +103,9 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		id: *id, port: *port, join: *join, listen: *listen, dataDir: *dataDir,
 		snapshotCount: *snapshotCount, tick: time.Duration(*tick) * time.Millisecond,
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
-		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList},
+		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
+			watchers: *maxWatchers, watchWait: *maxWatchWait},
+		watchHistory: *watchHistory,
 	}
 	seen := map[string]bool{}
 	for _, u := range strings.Split(*cluster, ",") {
@@ -145,6 +151,12 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		return config{}, fmt.Errorf("invalid --max-txn-ops %d: must be 1..10000", cfg.limits.txnOps)
 	case cfg.limits.listLimit < 1 || cfg.limits.listLimit > 1000000:
 		return config{}, fmt.Errorf("invalid --max-list %d: must be 1..1000000", cfg.limits.listLimit)
+	case cfg.watchHistory < 1 || cfg.watchHistory > 100000000:
+		return config{}, fmt.Errorf("invalid --watch-history %d: must be 1..100000000", cfg.watchHistory)
+	case cfg.limits.watchers < 0:
+		return config{}, fmt.Errorf("invalid --max-watchers %d: must be 0 or more", cfg.limits.watchers)
+	case cfg.limits.watchWait <= 0:
+		return config{}, fmt.Errorf("invalid --max-watch-wait %v: must be positive", cfg.limits.watchWait)
 	}
 	return cfg, nil
 }
@@ -242,7 +254,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		apiLn.Close()
 		return nil, err
 	}
-	kv := newKVStore(lg, cfg.id, cfg.snapshotCount, proposeC, rn, rn, members)
+	kv := newKVStore(lg, cfg.id, cfg.snapshotCount, proposeC, rn, rn, members, cfg.watchHistory)
 	kv.start(rn.commitC)
 	if err := rn.start(peerLn); err != nil {
 		peerLn.Close()
@@ -251,12 +263,14 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		return nil, err
 	}
 
+	stopc := make(chan struct{})
 	s := &server{
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,
 		removed: make(chan struct{}),
-		stopc:   make(chan struct{}),
+		stopc:   stopc,
 		api: &http.Server{
-			Handler:           &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout, maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits},
+			Handler: &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
+				maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc},
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),

@@ -110,7 +110,8 @@ func (c *testCluster) addConfig(id uint64, peers []string, join bool, mod func(*
 		id: id, cluster: peers, join: join, listen: "127.0.0.1", dataDir: c.dir,
 		snapshotCount: 10000, tick: 10 * time.Millisecond, electionTicks: 10,
 		requestTimeout: 3 * time.Second, maxRequestBytes: 1536 * 1024,
-		limits: limits{keyBytes: 4096, valueBytes: 1536 * 1024, txnOps: 128, listLimit: 1000},
+		limits:       limits{keyBytes: 4096, valueBytes: 1536 * 1024, txnOps: 128, listLimit: 1000, watchers: 100, watchWait: time.Minute},
+		watchHistory: 10000,
 	}
 	if mod != nil {
 		mod(&cfg)

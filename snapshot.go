@@ -114,6 +114,7 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 	s.keys, s.applied = st.keys, st.index
 	s.mu.Unlock()
 	oldMembers := s.members.replace(st.members, st.removed)
+	s.watch.reset(st.index)
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap = st.index
 
