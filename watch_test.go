@@ -86,7 +86,9 @@ func TestV1WatchLongPoll(t *testing.T) {
 	}
 	// A poll from now waits for the next change to the key, on any member.
 	got := make(chan watchReply, 1)
-	go func() { got <- watchPoll(t, c.url(2, "/v1/kv/cfg/a?wait=true&index="+strconv.FormatUint(wr.Index, 10))) }()
+	go func() {
+		got <- watchPoll(t, c.url(2, "/v1/kv/cfg/a?wait=true&index="+strconv.FormatUint(wr.Index, 10)))
+	}()
 	time.Sleep(100 * time.Millisecond)
 	do(t, "PUT", c.url(0, "/v1/kv/cfg/other"), "not watched")
 	select {
