@@ -48,7 +48,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	endpoints := fs.String("endpoints", "", "comma-separated client URLs of the members to check (required)")
 	duration := fs.Duration("duration", 30*time.Second, "how long to run the workload")
 	clients := fs.Int("clients", 8, "concurrent clients")
-	keys := fs.Int("keys", 10, "distinct keys")
+	keys := fs.Int("keys", 10, "distinct keys for PUT and GET on the root routes")
+	casKeys := fs.Int("cas-keys", -1, "distinct keys for GET, PUT, DELETE and compare-and-swap on /v1 (default: half of --keys, at least 1; 0 for none)")
 	prefix := fs.String("prefix", "", "key prefix (default: check/<start time>/)")
 	timeout := fs.Duration("timeout", 3*time.Second, "per-request timeout")
 	finalTimeout := fs.Duration("final-timeout", 30*time.Second, "how long the final reads may take")
@@ -71,9 +72,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case *duration <= 0 || *timeout <= 0 || *finalTimeout <= 0 || *checkTimeout <= 0:
 		fmt.Fprintln(stderr, "check: --duration, --timeout, --final-timeout and --check-timeout must be positive")
 		return exitUsage
-	case *clients < 1 || *clients > 1000 || *keys < 1 || *keys > 100000:
-		fmt.Fprintln(stderr, "check: --clients must be 1..1000 and --keys 1..100000")
+	case *clients < 1 || *clients > 1000 || *keys < 1 || *keys > 100000 || *casKeys < -1 || *casKeys > 100000:
+		fmt.Fprintln(stderr, "check: --clients must be 1..1000, --keys 1..100000 and --cas-keys 0..100000")
 		return exitUsage
+	}
+	switch *casKeys {
+	case -1:
+		*casKeys = 0 // the workload's default
+	case 0:
+		*casKeys = -1 // none
 	}
 	if *prefix == "" {
 		*prefix = fmt.Sprintf("check/%d/", time.Now().UnixNano())
@@ -82,7 +89,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "checking %d members for %v: %d clients, %d keys under %q\n", len(eps), *duration, *clients, *keys, *prefix)
 	h := workload.NewHistory(workload.Config{
 		Endpoints: func() []string { return eps },
-		Clients:   *clients, Keys: *keys, KeyPrefix: *prefix, Timeout: *timeout,
+		Clients:   *clients, Keys: *keys, CASKeys: *casKeys, KeyPrefix: *prefix, Timeout: *timeout,
 	})
 	defer h.Close()
 	wctx, cancel := context.WithTimeout(ctx, *duration)

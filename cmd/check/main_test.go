@@ -33,6 +33,7 @@ func TestUsageErrors(t *testing.T) {
 		{"--endpoints", "http://127.0.0.1:12380/path"},
 		{"--endpoints", "http://127.0.0.1:12380", "--duration", "0s"},
 		{"--endpoints", "http://127.0.0.1:12380", "--clients", "0"},
+		{"--endpoints", "http://127.0.0.1:12380", "--cas-keys", "-2"},
 		{"--endpoints", "http://127.0.0.1:12380", "extra"},
 		{"--bogus"},
 	} {
@@ -91,7 +92,8 @@ func TestStaleReadsAreCaught(t *testing.T) {
 	srv := httptest.NewServer(&staleKV{cur: map[string]string{}, older: map[string]string{}})
 	defer srv.Close()
 	dir := t.TempDir()
-	code, out := check(t, "--endpoints", srv.URL, "--duration", "1s", "--clients", "4", "--keys", "3", "--out", dir)
+	// The fake knows the root routes only.
+	code, out := check(t, "--endpoints", srv.URL, "--duration", "1s", "--clients", "4", "--keys", "3", "--cas-keys", "0", "--out", dir)
 	if code != exitViolation || !strings.Contains(out, "NOT LINEARIZABLE") {
 		t.Fatalf("exit %d:\n%s", code, out)
 	}

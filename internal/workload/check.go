@@ -17,8 +17,10 @@ type register struct {
 	value string
 }
 
-// Model is a key-value store of PUT and GET, partitioned by key: a history
-// is linearizable when each key's history is.
+// Model is a key-value store of PUT, GET, DELETE and compare-and-swap,
+// partitioned by key: a history is linearizable when each key's history is.
+// A write whose outcome is unknown may take effect or not, at any time
+// after its call (Check sets when it must have returned by).
 var Model = porcupine.Model{
 	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
 		byKey := map[string][]porcupine.Operation{}
@@ -40,14 +42,36 @@ var Model = porcupine.Model{
 	Init: func() any { return register{} },
 	Step: func(state, input, output any) (bool, any) {
 		st, in, out := state.(register), input.(Input), output.(Output)
-		if in.Kind == Put {
+		switch in.Kind {
+		case Put:
 			return true, register{found: true, value: in.Value}
+		case Delete:
+			return out.Unknown || out.Found == st.found, register{}
+		case CAS:
+			match := st.found == in.ExpectFound && (!in.ExpectFound || st.value == in.Expect)
+			if !out.Unknown && out.Swapped != match {
+				return false, st
+			}
+			if match {
+				return true, register{found: true, value: in.Value}
+			}
+			return true, st
 		}
 		return out.Found == st.found && out.Value == st.value, st
 	},
 	DescribeOperation: func(input, output any) string {
 		in, out := input.(Input), output.(Output)
+		q := ""
+		if out.Unknown {
+			q = " ?"
+		}
 		switch {
+		case in.Kind == Delete:
+			return fmt.Sprintf("delete(%s) -> existed %v%s via %s", in.Key, out.Found, q, in.Endpoint)
+		case in.Kind == CAS && in.ExpectFound:
+			return fmt.Sprintf("cas(%s, %s -> %s) -> %v%s via %s", in.Key, in.Expect, in.Value, out.Swapped, q, in.Endpoint)
+		case in.Kind == CAS:
+			return fmt.Sprintf("cas(%s, absent -> %s) -> %v%s via %s", in.Key, in.Value, out.Swapped, q, in.Endpoint)
 		case in.Kind == Put && out.Unknown:
 			return fmt.Sprintf("put(%s, %s) ? via %s", in.Key, in.Value, in.Endpoint)
 		case in.Kind == Put:
@@ -99,8 +123,19 @@ func (h *History) Check(timeout time.Duration) *Result {
 	h.mu.Unlock()
 
 	// An ambiguous PUT took effect, if at all, before the first read that
-	// returned its value (values are unique); one never seen is left out.
+	// returned its value (values are unique); one never seen is left out,
+	// except on keys that also get DELETE or CAS: there it may explain an
+	// answer no read shows (a CAS that failed), so it stays, open to the
+	// end of the history, as do ambiguous DELETEs and CASes.
 	seen := map[string]int64{}
+	casKeys := map[string]bool{}
+	end := int64(0)
+	for _, op := range ops {
+		if k := op.Input.(Input).Kind; k == Delete || k == CAS {
+			casKeys[op.Input.(Input).Key] = true
+		}
+		end = max(end, op.Return)
+	}
 	for _, op := range ops {
 		if in, out := op.Input.(Input), op.Output.(Output); in.Kind == Get && out.Found {
 			if t, ok := seen[in.Key+"\x00"+out.Value]; !ok || op.Return < t {
@@ -112,29 +147,34 @@ func (h *History) Check(timeout time.Duration) *Result {
 	kept := ops[:0]
 	for _, op := range ops {
 		in, out := op.Input.(Input), op.Output.(Output)
-		if in.Kind == Put && out.Unknown {
+		if out.Unknown {
 			t, ok := seen[in.Key+"\x00"+in.Value]
-			if !ok {
+			switch {
+			case (in.Kind == Put || in.Kind == CAS) && ok:
+				op.Return = max(t, op.Call)
+			case casKeys[in.Key]:
+				op.Return = end + 1
+			default:
 				res.Dropped++
 				continue
 			}
-			op.Return = max(t, op.Call)
 		}
 		kept = append(kept, op)
 	}
 	res.ops = kept
-	res.Lost = lostWrites(kept)
+	res.Lost = lostWrites(kept, casKeys)
 	res.Verdict, res.info = porcupine.CheckOperationsVerbose(Model, kept, timeout)
 	return res
 }
 
 // lostWrites finds acknowledged PUTs that began after every other PUT to
 // their key had returned (so they are certainly the last value), yet a
-// final read returned something else.
-func lostWrites(ops []porcupine.Operation) []string {
+// final read returned something else. Keys with DELETE or CAS are left to
+// the linearizability check (the final reads are part of it).
+func lostWrites(ops []porcupine.Operation, skip map[string]bool) []string {
 	latest := map[string]porcupine.Operation{} // the PUT called last, per key
 	for _, op := range ops {
-		if in := op.Input.(Input); in.Kind == Put {
+		if in := op.Input.(Input); in.Kind == Put && !skip[in.Key] {
 			if l, ok := latest[in.Key]; !ok || op.Call > l.Call {
 				latest[in.Key] = op
 			}

@@ -100,6 +100,74 @@ func TestCheckerVerdicts(t *testing.T) {
 	}
 }
 
+func TestCheckerDeleteAndCAS(t *testing.T) {
+	found := func(v string) Output { return Output{Value: v, Found: true} }
+	cas := func(h *History, expect string, expectFound bool, value string, out Output, call, ret int64) {
+		h.record(0, Input{Kind: CAS, Key: "a", Expect: expect, ExpectFound: expectFound, Value: value}, out, call, ret)
+	}
+	cases := []struct {
+		name    string
+		build   func(h *History)
+		verdict porcupine.CheckResult
+	}{
+		{"delete, then absent", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			h.add(Delete, "a", "", Output{Found: true}, 2, 3)
+			h.add(Get, "a", "", Output{}, 4, 5)
+		}, porcupine.Ok},
+		{"deleted key read back", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			h.add(Delete, "a", "", Output{Found: true}, 2, 3)
+			h.add(Get, "a", "", found("1"), 4, 5)
+		}, porcupine.Illegal},
+		{"delete of an absent key says it existed", func(h *History) {
+			h.add(Delete, "a", "", Output{Found: true}, 0, 1)
+		}, porcupine.Illegal},
+		{"CAS from the value read", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			cas(h, "1", true, "2", Output{Swapped: true}, 2, 3)
+			cas(h, "1", true, "3", Output{Swapped: false}, 4, 5)
+			cas(h, "", false, "4", Output{Swapped: false}, 6, 7)
+			h.add(Get, "a", "", found("2"), 8, 9)
+		}, porcupine.Ok},
+		{"CAS swapped on a stale value", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			h.add(Put, "a", "2", Output{}, 2, 3)
+			cas(h, "1", true, "3", Output{Swapped: true}, 4, 5)
+		}, porcupine.Illegal},
+		{"CAS refused although it matched", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			cas(h, "1", true, "3", Output{Swapped: false}, 2, 3)
+		}, porcupine.Illegal},
+		{"create-only CAS twice", func(h *History) {
+			cas(h, "", false, "1", Output{Swapped: true}, 0, 1)
+			cas(h, "", false, "2", Output{Swapped: true}, 2, 3)
+		}, porcupine.Illegal},
+		// An ambiguous CAS no read saw explains why a later CAS failed: it
+		// must stay in the history, not be left out.
+		{"unseen ambiguous CAS explains a failed one", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			cas(h, "1", true, "2", Output{Unknown: true}, 2, 3)
+			cas(h, "1", true, "3", Output{Swapped: false}, 4, 5)
+			h.add(Put, "a", "4", Output{}, 6, 7)
+			h.add(Get, "a", "", found("4"), 8, 9)
+		}, porcupine.Ok},
+		{"ambiguous delete, absent, then back", func(h *History) {
+			h.add(Put, "a", "1", Output{}, 0, 1)
+			h.add(Delete, "a", "", Output{Unknown: true}, 2, 3)
+			h.add(Get, "a", "", Output{}, 4, 5)
+			h.add(Get, "a", "", found("1"), 6, 7)
+		}, porcupine.Illegal},
+	}
+	for _, tc := range cases {
+		h := NewHistory(Config{})
+		tc.build(h)
+		if r := h.Check(10 * time.Second); r.Verdict != tc.verdict {
+			t.Errorf("%s: got %s, want %s", tc.name, r.Verdict, tc.verdict)
+		}
+	}
+}
+
 func TestReportWritesVisualization(t *testing.T) {
 	h := NewHistory(Config{})
 	h.add(Put, "a", "1", Output{}, 0, 1)

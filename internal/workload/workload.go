@@ -6,6 +6,10 @@
 // it saw. A PUT that failed in a way that leaves its fate open (a timeout, a
 // 5xx, a connection lost after sending) is ambiguous: it may have taken
 // effect at any time after its call.
+//
+// Two sets of keys: plain keys get PUT and GET on the root routes, as
+// raftexample had them; CAS keys get GET, PUT, DELETE and compare-and-swap
+// transactions on the /v1 routes, through package client.
 package workload
 
 import (
@@ -22,6 +26,8 @@ import (
 	"time"
 
 	"github.com/anishathalye/porcupine"
+
+	"raftexample/client"
 )
 
 // Config describes a workload. Zero values take the defaults noted.
@@ -30,7 +36,8 @@ type Config struct {
 	// called per request, so members may come and go.
 	Endpoints func() []string
 	Clients   int           // concurrent clients; default 8
-	Keys      int           // distinct keys; default 10
+	Keys      int           // distinct plain keys; default 10
+	CASKeys   int           // distinct CAS keys; default Keys/2 (at least 1); -1 for none
 	KeyPrefix string        // prepended to every key; default "workload/"
 	Timeout   time.Duration // per request; default 3s
 	Think     time.Duration // pause between a client's requests; default 2ms
@@ -43,6 +50,12 @@ func (c *Config) defaults() {
 	}
 	if c.Keys == 0 {
 		c.Keys = 10
+	}
+	switch {
+	case c.CASKeys == 0:
+		c.CASKeys = max(1, c.Keys/2)
+	case c.CASKeys < 0:
+		c.CASKeys = 0
 	}
 	if c.KeyPrefix == "" {
 		c.KeyPrefix = "workload/"
@@ -64,21 +77,26 @@ type Kind uint8
 const (
 	Get Kind = iota
 	Put
+	Delete
+	CAS // set Value if the key holds Expect (or, if !ExpectFound, is absent)
 )
 
 // Input is what a client asked.
 type Input struct {
-	Kind       Kind
-	Key, Value string
-	Endpoint   string // the member asked (for reports only)
-	Final      bool   // one of the reads after healing
+	Kind        Kind
+	Key, Value  string
+	Expect      string // CAS: the value it expects
+	ExpectFound bool   // CAS: false expects the key to be absent
+	Endpoint    string // the member asked (for reports only)
+	Final       bool   // one of the reads after healing
 }
 
 // Output is what it was told.
 type Output struct {
 	Value   string
-	Found   bool
-	Unknown bool // a PUT whose outcome is unknown
+	Found   bool // GET: the key exists; DELETE: it existed
+	Swapped bool // CAS: the condition held and the value was set
+	Unknown bool // a write whose outcome is unknown
 }
 
 // Counts summarizes a history.
@@ -86,11 +104,15 @@ type Counts struct {
 	PutsOK, PutsAmbiguous, PutsFailed int
 	GetsOK, GetsFailed                int
 	FinalReads                        int
+	// The /v1 writes to CAS keys (their PUTs are counted above).
+	DeletesOK, CASSwapped, CASNotSwapped, OtherAmbiguous, OtherFailed int
 }
 
 func (c Counts) String() string {
-	return fmt.Sprintf("%d PUT acknowledged, %d PUT ambiguous, %d PUT refused; %d GET answered, %d GET failed; %d final reads",
-		c.PutsOK, c.PutsAmbiguous, c.PutsFailed, c.GetsOK, c.GetsFailed, c.FinalReads)
+	return fmt.Sprintf("%d PUT acknowledged, %d PUT ambiguous, %d PUT refused; %d GET answered, %d GET failed; "+
+		"%d DELETE acknowledged, %d CAS swapped, %d CAS not swapped, %d DELETE/CAS ambiguous, %d refused; %d final reads",
+		c.PutsOK, c.PutsAmbiguous, c.PutsFailed, c.GetsOK, c.GetsFailed,
+		c.DeletesOK, c.CASSwapped, c.CASNotSwapped, c.OtherAmbiguous, c.OtherFailed, c.FinalReads)
 }
 
 // History is the record of a workload. Safe for concurrent use.
@@ -98,6 +120,9 @@ type History struct {
 	cfg   Config
 	start time.Time
 	http  *http.Client
+	// clients of the /v1 API, one per endpoint, made on first use
+	clientsMu sync.Mutex
+	clients   map[string]*client.Client
 
 	mu     sync.Mutex // guards ops and counts
 	ops    []porcupine.Operation
@@ -151,13 +176,90 @@ func (h *History) client(ctx context.Context, client int) {
 			continue
 		}
 		ep := eps[rng.IntN(len(eps))]
-		key := h.cfg.KeyPrefix + fmt.Sprintf("k%d", rng.IntN(h.cfg.Keys))
-		if rng.Float64() < h.cfg.Reads {
+		value := fmt.Sprintf("c%d-%d", client, seq)
+		if n := rng.IntN(h.cfg.Keys + h.cfg.CASKeys); n >= h.cfg.Keys {
+			h.casKeyOp(ctx, client, ep, h.casKey(n-h.cfg.Keys), value, rng)
+		} else if key := h.plainKey(n); rng.Float64() < h.cfg.Reads {
 			h.get(ctx, client, ep, key)
 		} else {
-			h.put(ctx, client, ep, key, fmt.Sprintf("c%d-%d", client, seq))
+			h.put(ctx, client, ep, key, value)
 		}
 		sleep(ctx, h.cfg.Think/2+time.Duration(rng.Int64N(int64(h.cfg.Think)+1)))
+	}
+}
+
+func (h *History) plainKey(n int) string { return h.cfg.KeyPrefix + fmt.Sprintf("k%d", n) }
+func (h *History) casKey(n int) string   { return h.cfg.KeyPrefix + fmt.Sprintf("cas%d", n) }
+
+func (h *History) api(ep string) *client.Client {
+	h.clientsMu.Lock()
+	defer h.clientsMu.Unlock()
+	if h.clients == nil {
+		h.clients = map[string]*client.Client{}
+	}
+	c := h.clients[ep]
+	if c == nil {
+		c = client.New(ep, h.http)
+		h.clients[ep] = c
+	}
+	return c
+}
+
+// casKeyOp does one op on a CAS key through /v1: a read, a put, a delete,
+// or a read followed by a compare-and-swap from the value it read.
+func (h *History) casKeyOp(ctx context.Context, cl int, ep, key, value string, rng *rand.Rand) {
+	c := h.api(ep)
+	// Writes are not tied to ctx: ending the workload must not turn
+	// requests in flight into ambiguous ones it caused itself.
+	wctx := context.Background()
+	switch p := rng.Float64(); {
+	case p < h.cfg.Reads*0.6:
+		h.get(ctx, cl, ep, key)
+	case p < 0.6:
+		in := Input{Kind: Put, Key: key, Value: value, Endpoint: ep}
+		call := h.now()
+		_, err := c.Put(wctx, key, value)
+		h.recordWrite(cl, in, Output{}, err, call, &h.counts.PutsOK, &h.counts.PutsAmbiguous, &h.counts.PutsFailed)
+	case p < 0.75:
+		in := Input{Kind: Delete, Key: key, Endpoint: ep}
+		call := h.now()
+		existed, err := c.Delete(wctx, key)
+		h.recordWrite(cl, in, Output{Found: existed}, err, call, &h.counts.DeletesOK, &h.counts.OtherAmbiguous, &h.counts.OtherFailed)
+	default:
+		cur, ok := h.get(ctx, cl, ep, key)
+		if !ok {
+			return
+		}
+		in := Input{Kind: CAS, Key: key, Value: value, Expect: cur.Value, ExpectFound: cur.Found, Endpoint: ep}
+		var expect *string
+		if cur.Found {
+			expect = &cur.Value
+		}
+		call := h.now()
+		swapped, err := c.CompareAndSwap(wctx, key, expect, value)
+		counter := &h.counts.CASNotSwapped
+		if swapped {
+			counter = &h.counts.CASSwapped
+		}
+		h.recordWrite(cl, in, Output{Swapped: swapped}, err, call, counter, &h.counts.OtherAmbiguous, &h.counts.OtherFailed)
+	}
+}
+
+// recordWrite records a write done through package client by its outcome.
+func (h *History) recordWrite(cl int, in Input, out Output, err error, call int64, ok, ambiguous, failed *int) {
+	ret := h.now()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var e *client.Error
+	switch {
+	case err == nil:
+		*ok++
+		h.record(cl, in, out, call, ret)
+	case errors.As(err, &e) && e.Outcome == client.Refused:
+		*failed++
+	default:
+		*ambiguous++
+		h.record(cl, in, Output{Unknown: true}, call, ret)
 	}
 }
 
@@ -209,7 +311,7 @@ func notSent(err error) bool {
 	return errors.As(err, &op) && op.Op == "dial"
 }
 
-func (h *History) get(ctx context.Context, client int, ep, key string) {
+func (h *History) get(ctx context.Context, client int, ep, key string) (Output, bool) {
 	in := Input{Kind: Get, Key: key, Endpoint: ep}
 	call := h.now()
 	out, ok := h.read(ctx, ep, key)
@@ -218,14 +320,26 @@ func (h *History) get(ctx context.Context, client int, ep, key string) {
 	defer h.mu.Unlock()
 	if !ok {
 		h.counts.GetsFailed++ // a read that failed has no effect
-		return
+		return out, false
 	}
 	h.counts.GetsOK++
 	h.record(client, in, out, call, ret)
+	return out, true
 }
 
-// read does one linearizable GET; ok is false if it got no answer.
+// read does one linearizable GET (on /v1 for CAS keys); ok is false if it
+// got no answer.
 func (h *History) read(ctx context.Context, ep, key string) (out Output, ok bool) {
+	if strings.HasPrefix(key, h.cfg.KeyPrefix+"cas") {
+		kv, err := h.api(ep).Get(ctx, key, false)
+		switch {
+		case err == nil && kv.Value != nil:
+			return Output{Value: *kv.Value, Found: true}, true
+		case client.IsNotFound(err):
+			return Output{}, true
+		}
+		return Output{}, false
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, keyURL(ep, key), nil)
 	resp, err := h.http.Do(req)
 	if err != nil {
@@ -255,8 +369,11 @@ func (h *History) record(client int, in Input, out Output, call, ret int64) {
 func (h *History) FinalReads(ctx context.Context, endpoints []string) error {
 	for i, ep := range endpoints {
 		client := h.cfg.Clients + i
-		for k := range h.cfg.Keys {
-			key := h.cfg.KeyPrefix + fmt.Sprintf("k%d", k)
+		for k := range h.cfg.Keys + h.cfg.CASKeys {
+			key := h.plainKey(k)
+			if k >= h.cfg.Keys {
+				key = h.casKey(k - h.cfg.Keys)
+			}
 			for {
 				call := h.now()
 				rctx, cancel := context.WithTimeout(ctx, h.cfg.Timeout)

@@ -1,0 +1,301 @@
+// Package client is a Go client for one raftexample member's HTTP API: the
+// /v1 key-value routes, transactions and status.
+//
+// Every error a call returns is an *Error that says what the caller may
+// conclude about its request (Outcome): that nothing happened, or that a
+// write may or may not have taken effect. These rules live here once, for
+// every tool in this repository.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+)
+
+// Outcome is what a failed call did to the cluster.
+type Outcome int
+
+const (
+	// Refused: nothing happened. The member refused the request (a 4xx, or
+	// no leader), or it never reached the member.
+	Refused Outcome = iota
+	// Unknown: a write may or may not take effect (a timeout, a lost
+	// connection after sending, a leader change). Retry only what is safe
+	// to apply twice, or read to find out. Reads never end Unknown.
+	Unknown
+)
+
+func (o Outcome) String() string {
+	if o == Refused {
+		return "refused"
+	}
+	return "unknown"
+}
+
+// Error is a failed call. Status is 0 when no HTTP answer came.
+type Error struct {
+	Status  int
+	Code    string // the server's stable /v1 error code; "" without an answer
+	Message string
+	Outcome Outcome
+	Err     error // the transport error, when there was no answer
+}
+
+func (e *Error) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("no answer (%s): %v", e.Outcome, e.Err)
+	}
+	return fmt.Sprintf("%d %s: %s (%s)", e.Status, e.Code, e.Message, e.Outcome)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// IsPreconditionFailed reports whether err is a failed If-Match or
+// If-None-Match: a definite answer, nothing was written.
+func IsPreconditionFailed(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == "precondition_failed"
+}
+
+// IsNotFound reports whether err says the key is absent.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == "key_not_found"
+}
+
+// Client talks to one member. Safe for concurrent use.
+type Client struct {
+	Endpoint string // e.g. http://127.0.0.1:12380
+	HTTP     *http.Client
+}
+
+// New returns a client of the member at endpoint; hc nil means
+// http.DefaultClient.
+func New(endpoint string, hc *http.Client) *Client {
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &Client{Endpoint: endpoint, HTTP: hc}
+}
+
+// KV is a key with its metadata.
+type KV struct {
+	Key         string  `json:"key"`
+	Value       *string `json:"value,omitempty"`
+	ValueBase64 *string `json:"value_base64,omitempty"`
+	CreateIndex uint64  `json:"create_index"`
+	ModIndex    uint64  `json:"mod_index"`
+	Version     uint64  `json:"version"`
+}
+
+func keyPath(key string) string { return "/v1/kv/" + (&url.URL{Path: key}).EscapedPath() }
+
+// do sends a request and decodes a 2xx JSON answer into out. write says
+// whether the request can change the cluster (it decides Outcome).
+func (c *Client) do(ctx context.Context, method, path string, header http.Header, body []byte, write bool, out any) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.Endpoint+path, bytes.NewReader(body))
+	if err != nil {
+		return nil, &Error{Outcome: Refused, Err: err}
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		o := Refused
+		if write && !notSent(err) {
+			o = Unknown
+		}
+		return nil, &Error{Outcome: o, Err: err}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		o := Refused
+		if write {
+			o = Unknown
+		}
+		return resp, &Error{Status: resp.StatusCode, Outcome: o, Err: err, Message: "reading the answer: " + err.Error()}
+	}
+	if resp.StatusCode/100 != 2 {
+		return resp, answerError(resp.StatusCode, data, write)
+	}
+	if out != nil {
+		if err := json.Unmarshal(data, out); err != nil {
+			return resp, &Error{Status: resp.StatusCode, Outcome: Refused, Message: "undecodable answer: " + err.Error()}
+		}
+	}
+	return resp, nil
+}
+
+// answerError turns an error answer into an Error with its outcome: 4xx and
+// "no_leader" changed nothing; any other 5xx of a write may have.
+func answerError(status int, body []byte, write bool) *Error {
+	e := &Error{Status: status}
+	var j struct{ Error, Message string }
+	if json.Unmarshal(body, &j) == nil && j.Error != "" {
+		e.Code, e.Message = j.Error, j.Message
+	} else {
+		e.Message = string(bytes.TrimSpace(body))
+	}
+	if write && status/100 == 5 && e.Code != "no_leader" {
+		e.Outcome = Unknown
+	}
+	return e
+}
+
+// notSent reports whether a request failed before any byte reached the
+// server (the connection could not be made).
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// Get reads a key, linearizably unless serializable is set. An absent key
+// is an error for which IsNotFound is true.
+func (c *Client) Get(ctx context.Context, key string, serializable bool) (*KV, error) {
+	path := keyPath(key)
+	if serializable {
+		path += "?consistency=serializable"
+	}
+	var kv KV
+	if _, err := c.do(ctx, http.MethodGet, path, http.Header{"Accept": {"application/json"}}, nil, false, &kv); err != nil {
+		return nil, err
+	}
+	return &kv, nil
+}
+
+// PutOption is a condition on a Put or Delete.
+type PutOption func(http.Header)
+
+// IfModIndex writes only if the key's mod_index is n.
+func IfModIndex(n uint64) PutOption {
+	return func(h http.Header) { h.Set("If-Match", strconv.FormatUint(n, 10)) }
+}
+
+// IfAbsent writes only if the key does not exist.
+func IfAbsent() PutOption { return func(h http.Header) { h.Set("If-None-Match", "*") } }
+
+// Put writes a key and returns its metadata after the write.
+func (c *Client) Put(ctx context.Context, key, value string, opts ...PutOption) (*KV, error) {
+	h := http.Header{}
+	for _, o := range opts {
+		o(h)
+	}
+	var kv KV
+	if _, err := c.do(ctx, http.MethodPut, keyPath(key), h, []byte(value), true, &kv); err != nil {
+		return nil, err
+	}
+	return &kv, nil
+}
+
+// Delete deletes a key and says whether it existed.
+func (c *Client) Delete(ctx context.Context, key string, opts ...PutOption) (bool, error) {
+	h := http.Header{}
+	for _, o := range opts {
+		o(h)
+	}
+	var r struct{ Deleted int }
+	if _, err := c.do(ctx, http.MethodDelete, keyPath(key), h, nil, true, &r); err != nil {
+		return false, err
+	}
+	return r.Deleted == 1, nil
+}
+
+// Compare is a txn condition; see the README for targets and operators.
+type Compare struct {
+	Key    string `json:"key"`
+	Target string `json:"target"`
+	Op     string `json:"op"`
+	Value  any    `json:"value"`
+}
+
+// Op is a txn operation: put, delete, delete_prefix or get.
+type Op struct {
+	Op     string  `json:"op"`
+	Key    string  `json:"key,omitempty"`
+	Prefix string  `json:"prefix,omitempty"`
+	Value  *string `json:"value,omitempty"`
+}
+
+// Txn is a transaction.
+type Txn struct {
+	Compare []Compare `json:"compare,omitempty"`
+	Success []Op      `json:"success,omitempty"`
+	Failure []Op      `json:"failure,omitempty"`
+}
+
+// TxnResult is what a transaction did.
+type TxnResult struct {
+	Succeeded bool   `json:"succeeded"`
+	Index     uint64 `json:"index"`
+	Results   []struct {
+		Op      string `json:"op"`
+		Key     string `json:"key"`
+		Found   *bool  `json:"found"`
+		KV      *KV    `json:"kv"`
+		Deleted *int   `json:"deleted"`
+	} `json:"results"`
+}
+
+// Txn runs a transaction.
+func (c *Client) Txn(ctx context.Context, t Txn) (*TxnResult, error) {
+	body, err := json.Marshal(t)
+	if err != nil {
+		return nil, &Error{Outcome: Refused, Err: err}
+	}
+	var r TxnResult
+	if _, err := c.do(ctx, http.MethodPost, "/v1/txn", nil, body, true, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// CompareAndSwap sets key to value if its value is expect (if expect is
+// nil: if it is absent), and reports whether it did.
+func (c *Client) CompareAndSwap(ctx context.Context, key string, expect *string, value string) (bool, error) {
+	cmp := Compare{Key: key, Target: "exists", Op: "=", Value: false}
+	if expect != nil {
+		cmp = Compare{Key: key, Target: "value", Op: "=", Value: *expect}
+	}
+	r, err := c.Txn(ctx, Txn{Compare: []Compare{cmp}, Success: []Op{{Op: "put", Key: key, Value: &value}}})
+	if err != nil {
+		return false, err
+	}
+	return r.Succeeded, nil
+}
+
+// Status is a member's GET /v1/status.
+type Status struct {
+	ID        uint64 `json:"id"`
+	Leader    uint64 `json:"leader"`
+	Term      uint64 `json:"term"`
+	RaftState string `json:"raftState"`
+	Commit    uint64 `json:"commit"`
+	Applied   uint64 `json:"applied"`
+	Snapshot  uint64 `json:"snapshot"`
+	Compacted uint64 `json:"compacted"`
+	LastIndex uint64 `json:"lastIndex"`
+	Keys      int    `json:"keys"`
+	Members   []struct {
+		ID      uint64 `json:"id"`
+		PeerURL string `json:"peerURL"`
+	} `json:"members"`
+}
+
+// Status asks the member for its view of the cluster.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	var st Status
+	if _, err := c.do(ctx, http.MethodGet, "/v1/status", nil, nil, false, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}

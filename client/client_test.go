@@ -1,0 +1,107 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+func TestOutcomes(t *testing.T) {
+	answer := func(status int, body string) *Client {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(status)
+			w.Write([]byte(body))
+		}))
+		t.Cleanup(srv.Close)
+		return New(srv.URL, srv.Client())
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		status  int
+		body    string
+		outcome Outcome
+		code    string
+	}{
+		{"timeout", 503, `{"error":"timeout","message":"m"}`, Unknown, "timeout"},
+		{"leader changed", 503, `{"error":"leader_changed","message":"m"}`, Unknown, "leader_changed"},
+		{"no leader", 503, `{"error":"no_leader","message":"m"}`, Refused, "no_leader"},
+		{"bad request", 400, `{"error":"bad_txn","message":"m"}`, Refused, "bad_txn"},
+		{"precondition", 412, `{"error":"precondition_failed","message":"m"}`, Refused, "precondition_failed"},
+		{"internal, not JSON", 500, "boom\n", Unknown, ""},
+	} {
+		_, err := answer(tc.status, tc.body).Put(ctx, "k", "v")
+		var e *Error
+		if !errors.As(err, &e) || e.Outcome != tc.outcome || e.Code != tc.code || e.Status != tc.status {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+		// A read that fails never leaves anything unknown.
+		if _, err := answer(tc.status, tc.body).Get(ctx, "k", false); !errors.As(err, &e) || e.Outcome != Refused {
+			t.Errorf("%s read: %v", tc.name, err)
+		}
+	}
+	if _, err := answer(412, `{"error":"precondition_failed","message":"m"}`).Put(ctx, "k", "v", IfAbsent()); !IsPreconditionFailed(err) {
+		t.Errorf("IsPreconditionFailed: %v", err)
+	}
+
+	// Nobody listening: the request was never sent.
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	var e *Error
+	if _, err := New("http://"+addr, nil).Put(ctx, "k", "v"); !errors.As(err, &e) || e.Outcome != Refused || e.Status != 0 {
+		t.Errorf("dial refused: %v", err)
+	}
+	// The connection drops after the request was sent: unknown.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, _ := w.(http.Hijacker).Hijack()
+		c.Close()
+	}))
+	defer srv.Close()
+	if _, err := New(srv.URL, srv.Client()).Delete(ctx, "k"); !errors.As(err, &e) || e.Outcome != Unknown {
+		t.Errorf("connection lost after sending: %v", err)
+	}
+}
+
+func TestRequestsAndAnswers(t *testing.T) {
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Method+" "+r.URL.RequestURI()+" "+r.Header.Get("If-Match")+r.Header.Get("If-None-Match"))
+		switch r.URL.Path {
+		case "/v1/txn":
+			w.Write([]byte(`{"succeeded":true,"index":9,"results":[]}`))
+		case "/v1/kv/a b/c":
+			if r.Method == http.MethodDelete {
+				w.Write([]byte(`{"deleted":1,"index":9}`))
+				return
+			}
+			w.Write([]byte(`{"key":"a b/c","value":"v","create_index":3,"mod_index":9,"version":2}`))
+		}
+	}))
+	defer srv.Close()
+	c := New(srv.URL, srv.Client())
+	ctx := context.Background()
+	kv, err := c.Get(ctx, "a b/c", true)
+	if err != nil || *kv.Value != "v" || kv.ModIndex != 9 {
+		t.Fatalf("Get: %+v %v", kv, err)
+	}
+	if _, err := c.Put(ctx, "a b/c", "v", IfModIndex(9)); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Delete(ctx, "a b/c"); !ok || err != nil {
+		t.Fatalf("Delete: %v %v", ok, err)
+	}
+	old := "v"
+	if ok, err := c.CompareAndSwap(ctx, "x", &old, "w"); !ok || err != nil {
+		t.Fatalf("CAS: %v %v", ok, err)
+	}
+	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn "}
+	for i := range want {
+		if i >= len(got) || got[i] != want[i] {
+			t.Fatalf("requests: %q, want %q", got, want)
+		}
+	}
+}
