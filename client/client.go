@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 )
 
 // Outcome is what a failed call did to the cluster.
@@ -298,4 +299,31 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 		return nil, err
 	}
 	return &st, nil
+}
+
+// Event is one change a watch reports.
+type Event struct {
+	Type        string  `json:"type"` // put or delete
+	Index       uint64  `json:"index"`
+	Key         string  `json:"key"`
+	Value       *string `json:"value,omitempty"`
+	ValueBase64 *string `json:"value_base64,omitempty"`
+	CreateIndex uint64  `json:"create_index"`
+	ModIndex    uint64  `json:"mod_index"`
+	Version     uint64  `json:"version"`
+}
+
+// WatchPrefix long-polls for changes under prefix after index, for at most
+// timeout. It returns the events and the index to wait from next. A watch
+// from an index this member no longer keeps fails with Code "compacted".
+func (c *Client) WatchPrefix(ctx context.Context, prefix string, index uint64, timeout time.Duration) ([]Event, uint64, error) {
+	q := url.Values{"prefix": {prefix}, "wait": {"true"}, "index": {strconv.FormatUint(index, 10)}, "timeout": {timeout.String()}}
+	var r struct {
+		Index  uint64  `json:"index"`
+		Events []Event `json:"events"`
+	}
+	if _, err := c.do(ctx, http.MethodGet, "/v1/kv/?"+q.Encode(), nil, nil, false, &r); err != nil {
+		return nil, index, err
+	}
+	return r.Events, r.Index, nil
 }

@@ -71,10 +71,12 @@ type scenario struct {
 }
 
 // TestFaults runs each scenario: a workload against a cluster while its
-// nemeses strike in turn, then everything is healed, every member must
-// serve again, every key is read from every member, and the history must
-// be linearizable with no acknowledged write lost and no member crashed by
-// itself.
+// nemeses strike in turn, and two watchers that follow every change and
+// move between members, then everything is healed, every member must
+// serve again, every key is read from every member, the history must be
+// linearizable with no acknowledged write lost and no member crashed by
+// itself, and each watcher must have seen every acknowledged write once, in
+// index order, and nothing that never took effect.
 func TestFaults(t *testing.T) {
 	var mixed []string
 	for name := range nemesis.All() {
@@ -156,6 +158,7 @@ func runScenario(t *testing.T, sc scenario) {
 	keys := 8 * max(1, int(duration/(8*time.Second)))
 	h := workload.NewHistory(workload.Config{Endpoints: c.ClientURLs, Clients: 6, Keys: min(keys, 400)})
 	defer h.Close()
+	watchers := []*workload.Watcher{h.Watch(c.ClientURLs), h.Watch(c.ClientURLs)}
 	wctx, stop := context.WithTimeout(ctx, duration)
 	defer stop()
 	ran := make(chan struct{})
@@ -179,6 +182,18 @@ func runScenario(t *testing.T, sc scenario) {
 		r.fail("%v", err)
 	}
 	fcancel()
+	for _, w := range watchers {
+		fctx, fcancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := w.Finish(fctx); err != nil {
+			r.fail("%v", err)
+		}
+		fcancel()
+		summary, problems := h.CheckWatch(w)
+		r.logf("%s", summary)
+		for _, p := range problems {
+			r.fail("%s", p)
+		}
+	}
 	for _, u := range c.Unexpected() {
 		r.fail("%s", u)
 	}

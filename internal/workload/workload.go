@@ -124,9 +124,12 @@ type History struct {
 	clientsMu sync.Mutex
 	clients   map[string]*client.Client
 
-	mu     sync.Mutex // guards ops and counts
+	mu     sync.Mutex // guards ops, counts and neverWritten
 	ops    []porcupine.Operation
 	counts Counts
+	// neverWritten holds the values of writes that certainly did not take
+	// effect (refused, or a CAS that did not swap): no watch may report one.
+	neverWritten map[string]bool
 }
 
 // NewHistory prepares a workload; Run drives it.
@@ -255,8 +258,14 @@ func (h *History) recordWrite(cl int, in Input, out Output, err error, call int6
 	case err == nil:
 		*ok++
 		h.record(cl, in, out, call, ret)
+		if in.Kind == CAS && !out.Swapped {
+			h.never(in.Value)
+		}
 	case errors.As(err, &e) && e.Outcome == client.Refused:
 		*failed++
+		if in.Kind == Put || in.Kind == CAS {
+			h.never(in.Value)
+		}
 	default:
 		*ambiguous++
 		h.record(cl, in, Output{Unknown: true}, call, ret)
@@ -298,6 +307,7 @@ func (h *History) put(ctx context.Context, client int, ep, key, value string) {
 		h.record(client, in, Output{}, call, ret)
 	case code/100 == 4, err != nil && notSent(err):
 		h.counts.PutsFailed++ // refused, or never reached the member: no effect
+		h.never(value)
 	default:
 		h.counts.PutsAmbiguous++
 		h.record(client, in, Output{Unknown: true}, call, ret)
@@ -356,6 +366,14 @@ func (h *History) read(ctx context.Context, ep, key string) (out Output, ok bool
 		return Output{}, true
 	}
 	return Output{}, false
+}
+
+// never notes a value that was certainly not written; the caller holds h.mu.
+func (h *History) never(value string) {
+	if h.neverWritten == nil {
+		h.neverWritten = map[string]bool{}
+	}
+	h.neverWritten[value] = true
 }
 
 // record appends an operation; the caller holds h.mu.
