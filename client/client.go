@@ -327,3 +327,16 @@ func (c *Client) WatchPrefix(ctx context.Context, prefix string, index uint64, t
 	}
 	return r.Events, r.Index, nil
 }
+
+// AddMember asks the member to add member id, reachable at peerURL, with
+// the raftexample route POST /<id>; it returns once the change is applied.
+func (c *Client) AddMember(ctx context.Context, id uint64, peerURL string) error {
+	_, err := c.do(ctx, http.MethodPost, "/"+strconv.FormatUint(id, 10), nil, []byte(peerURL), true, nil)
+	return err
+}
+
+// RemoveMember asks the member to remove member id (DELETE /<id>).
+func (c *Client) RemoveMember(ctx context.Context, id uint64) error {
+	_, err := c.do(ctx, http.MethodDelete, "/"+strconv.FormatUint(id, 10), nil, nil, true, nil)
+	return err
+}

@@ -71,6 +71,8 @@ func TestRequestsAndAnswers(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got = append(got, r.Method+" "+r.URL.RequestURI()+" "+r.Header.Get("If-Match")+r.Header.Get("If-None-Match"))
 		switch r.URL.Path {
+		case "/4":
+			w.WriteHeader(http.StatusNoContent)
 		case "/v1/txn":
 			w.Write([]byte(`{"succeeded":true,"index":9,"results":[]}`))
 		case "/v1/kv/a b/c":
@@ -98,7 +100,13 @@ func TestRequestsAndAnswers(t *testing.T) {
 	if ok, err := c.CompareAndSwap(ctx, "x", &old, "w"); !ok || err != nil {
 		t.Fatalf("CAS: %v %v", ok, err)
 	}
-	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn "}
+	if err := c.AddMember(ctx, 4, "http://127.0.0.1:42379"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.RemoveMember(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn ", "POST /4 ", "DELETE /4 "}
 	for i := range want {
 		if i >= len(got) || got[i] != want[i] {
 			t.Fatalf("requests: %q, want %q", got, want)

@@ -9,7 +9,6 @@ package cluster
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"raftexample/client"
 	"raftexample/internal/ports"
 )
 
@@ -356,22 +356,7 @@ func (c *Cluster) waitServing(ctx context.Context, n *member) error {
 }
 
 // Status is a member's GET /v1/status.
-type Status struct {
-	ID        uint64 `json:"id"`
-	Leader    uint64 `json:"leader"`
-	Term      uint64 `json:"term"`
-	RaftState string `json:"raftState"`
-	Commit    uint64 `json:"commit"`
-	Applied   uint64 `json:"applied"`
-	Snapshot  uint64 `json:"snapshot"`
-	Compacted uint64 `json:"compacted"`
-	LastIndex uint64 `json:"lastIndex"`
-	Keys      int    `json:"keys"`
-	Members   []struct {
-		ID      uint64 `json:"id"`
-		PeerURL string `json:"peerURL"`
-	} `json:"members"`
-}
+type Status = client.Status
 
 // Status asks member id for its status.
 func (c *Cluster) Status(ctx context.Context, id uint64) (*Status, error) {
@@ -379,20 +364,11 @@ func (c *Cluster) Status(ctx context.Context, id uint64) (*Status, error) {
 	if n == nil {
 		return nil, fmt.Errorf("cluster: no member %d", id)
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.ClientURL+"/v1/status", nil)
-	resp, err := c.client.Do(req)
+	st, err := client.New(n.ClientURL, c.client).Status(ctx)
 	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status of member %d: %s", id, resp.Status)
-	}
-	var st Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		return nil, fmt.Errorf("status of member %d: %w", id, err)
 	}
-	return &st, nil
+	return st, nil
 }
 
 func (c *Cluster) node(id uint64) *member {

@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strconv"
 	"time"
+
+	"raftexample/client"
 )
 
 // TearWAL simulates a crash in the middle of a WAL write: it appends to the
@@ -96,22 +98,16 @@ func lastRecord(r io.ReaderAt) (start, end int64, records int, err error) {
 func (c *Cluster) WaitReady(ctx context.Context, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	client := &http.Client{Timeout: 3 * time.Second}
+	hc := &http.Client{Timeout: 3 * time.Second}
+	defer hc.CloseIdleConnections()
 	for _, id := range c.IDs(Running) {
 		var last string
 		for {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.ClientURL(id)+"/harness-ready-probe", nil)
-			resp, err := client.Do(req)
-			if err == nil {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusNotFound {
-					break
-				}
-				last = resp.Status
-			} else {
-				last = err.Error()
+			_, err := client.New(c.ClientURL(id), hc).Get(ctx, "harness-ready-probe", false)
+			if err == nil || client.IsNotFound(err) {
+				break
 			}
+			last = err.Error()
 			select {
 			case <-ctx.Done():
 				return fmt.Errorf("cluster: member %d did not serve a linearizable read within %v after healing (last: %s); see %s",

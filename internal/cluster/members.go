@@ -2,11 +2,13 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"time"
+
+	"raftexample/client"
 )
 
 // AddNode adds a member with the next unused id: it asks a running member
@@ -112,23 +114,26 @@ func (c *Cluster) change(ctx context.Context, method string, id uint64, body, do
 			if m == id {
 				continue
 			}
-			req, _ := http.NewRequestWithContext(ctx, method, fmt.Sprintf("%s/%d", c.ClientURL(m), id), strings.NewReader(body))
-			resp, err := (&http.Client{Timeout: 3 * time.Second}).Do(req)
-			if err != nil {
-				last, unsure = err.Error(), true
-				continue
+			cl := client.New(c.ClientURL(m), &http.Client{Timeout: 3 * time.Second})
+			var err error
+			if method == http.MethodPost {
+				err = cl.AddMember(ctx, id, body)
+			} else {
+				err = cl.RemoveMember(ctx, id)
 			}
-			msg, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
+			var e *client.Error
 			switch {
-			case resp.StatusCode == http.StatusNoContent:
+			case err == nil:
 				return nil
-			case unsure && strings.Contains(string(msg), doneText):
+			case !errors.As(err, &e):
+				return err
+			case unsure && strings.Contains(e.Message, doneText):
 				return nil
-			case resp.StatusCode/100 == 4:
-				return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(msg)))
+			case e.Status/100 == 4:
+				return fmt.Errorf("%d: %s", e.Status, e.Message)
 			}
-			last, unsure = resp.Status+": "+strings.TrimSpace(string(msg)), true
+			last = err.Error()
+			unsure = unsure || e.Outcome == client.Unknown
 		}
 		select {
 		case <-ctx.Done():

@@ -8,14 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
+	"raftexample/client"
 	"raftexample/internal/cluster"
 )
 
@@ -301,15 +300,9 @@ func (*cutLeader) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand
 	}
 	// Besides the workload's requests: writes to keys of its own, which the
 	// workload never reads, so their fate does not matter to the check.
-	client := &http.Client{Timeout: 2 * time.Second}
+	cl := client.New(c.ClientURL(id), &http.Client{Timeout: 2 * time.Second})
 	for i := range 3 {
-		go func() {
-			url := fmt.Sprintf("%s/nemesis/uncommitted-%d", c.ClientURL(id), i)
-			req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader("never"))
-			if resp, err := client.Do(req); err == nil {
-				resp.Body.Close()
-			}
-		}()
+		go cl.Put(context.Background(), fmt.Sprintf("nemesis/uncommitted-%d", i), "never")
 	}
 	return nil
 }
@@ -473,20 +466,15 @@ func (s *snapshotInstall) Heal(ctx context.Context, c *cluster.Cluster) error {
 // closed once they have all returned.
 func writeUntil(ctx context.Context, c *cluster.Cluster, id uint64, n int, prefix string) <-chan struct{} {
 	done := make(chan struct{})
-	client := &http.Client{Timeout: 2 * time.Second}
-	base := c.ClientURL(id)
+	hc := &http.Client{Timeout: 2 * time.Second}
+	cl := client.New(c.ClientURL(id), hc)
 	var wg sync.WaitGroup
 	for w := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := 0; ctx.Err() == nil && i < 100000; i++ {
-				url := fmt.Sprintf("%s/nemesis/%s/%d-%d", base, prefix, w, i)
-				req, _ := http.NewRequestWithContext(ctx, http.MethodPut, url, strings.NewReader("x"))
-				if resp, err := client.Do(req); err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				} else {
+				if _, err := cl.Put(ctx, fmt.Sprintf("nemesis/%s/%d-%d", prefix, w, i), "x"); err != nil {
 					sleep(ctx, 50*time.Millisecond)
 				}
 			}
@@ -494,7 +482,7 @@ func writeUntil(ctx context.Context, c *cluster.Cluster, id uint64, n int, prefi
 	}
 	go func() {
 		wg.Wait()
-		client.CloseIdleConnections()
+		hc.CloseIdleConnections()
 		close(done)
 	}()
 	return done
