@@ -340,3 +340,38 @@ func (c *Client) RemoveMember(ctx context.Context, id uint64) error {
 	_, err := c.do(ctx, http.MethodDelete, "/"+strconv.FormatUint(id, 10), nil, nil, true, nil)
 	return err
 }
+
+// RootPut writes a key with raftexample's route, PUT /<key>, and returns
+// the raft index it was applied at.
+func (c *Client) RootPut(ctx context.Context, key, value string) (uint64, error) {
+	resp, err := c.do(ctx, http.MethodPut, "/"+(&url.URL{Path: key}).EscapedPath(), nil, []byte(value), true, nil)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := strconv.ParseUint(resp.Header.Get("X-Raft-Index"), 10, 64)
+	return n, nil
+}
+
+// RootGet reads a key with raftexample's route, GET /<key> (linearizable);
+// found is false for an absent key.
+func (c *Client) RootGet(ctx context.Context, key string) (value string, found bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/"+(&url.URL{Path: key}).EscapedPath(), nil)
+	if err != nil {
+		return "", false, &Error{Outcome: Refused, Err: err}
+	}
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return "", false, &Error{Outcome: Refused, Err: err}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	switch {
+	case err != nil:
+		return "", false, &Error{Status: resp.StatusCode, Outcome: Refused, Err: err, Message: "reading the answer: " + err.Error()}
+	case resp.StatusCode == http.StatusOK:
+		return string(body), true, nil
+	case resp.StatusCode == http.StatusNotFound && bytes.HasPrefix(body, []byte("key not found")):
+		return "", false, nil
+	}
+	return "", false, answerError(resp.StatusCode, body, false)
+}

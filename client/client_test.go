@@ -73,6 +73,15 @@ func TestRequestsAndAnswers(t *testing.T) {
 		switch r.URL.Path {
 		case "/4":
 			w.WriteHeader(http.StatusNoContent)
+		case "/root key":
+			if r.Method == http.MethodPut {
+				w.Header().Set("X-Raft-Index", "12")
+				w.WriteHeader(http.StatusNoContent)
+				return
+			}
+			w.Write([]byte("val"))
+		case "/absent":
+			http.Error(w, "key not found", http.StatusNotFound)
 		case "/v1/txn":
 			w.Write([]byte(`{"succeeded":true,"index":9,"results":[]}`))
 		case "/v1/kv/a b/c":
@@ -106,7 +115,17 @@ func TestRequestsAndAnswers(t *testing.T) {
 	if err := c.RemoveMember(ctx, 4); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn ", "POST /4 ", "DELETE /4 "}
+	if n, err := c.RootPut(ctx, "root key", "val"); n != 12 || err != nil {
+		t.Fatalf("RootPut: %d %v", n, err)
+	}
+	if v, found, err := c.RootGet(ctx, "root key"); v != "val" || !found || err != nil {
+		t.Fatalf("RootGet: %q %v %v", v, found, err)
+	}
+	if _, found, err := c.RootGet(ctx, "absent"); found || err != nil {
+		t.Fatalf("RootGet of an absent key: %v %v", found, err)
+	}
+	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn ",
+		"POST /4 ", "DELETE /4 ", "PUT /root%20key ", "GET /root%20key ", "GET /absent "}
 	for i := range want {
 		if i >= len(got) || got[i] != want[i] {
 			t.Fatalf("requests: %q, want %q", got, want)

@@ -16,11 +16,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -281,44 +278,14 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-func keyURL(endpoint, key string) string {
-	return endpoint + "/" + (&url.URL{Path: key}).EscapedPath()
-}
-
-func (h *History) put(ctx context.Context, client int, ep, key, value string) {
+// put writes a plain key with the root route.
+func (h *History) put(ctx context.Context, cl int, ep, key, value string) {
 	in := Input{Kind: Put, Key: key, Value: value, Endpoint: ep}
 	call := h.now()
 	// The request is not tied to ctx: ending the workload must not turn
 	// requests in flight into ambiguous ones it caused itself.
-	req, _ := http.NewRequest(http.MethodPut, keyURL(ep, key), strings.NewReader(value))
-	resp, err := h.http.Do(req)
-	var code int
-	if err == nil {
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		code = resp.StatusCode
-	}
-	ret := h.now()
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	switch {
-	case code == http.StatusNoContent:
-		h.counts.PutsOK++
-		h.record(client, in, Output{}, call, ret)
-	case code/100 == 4, err != nil && notSent(err):
-		h.counts.PutsFailed++ // refused, or never reached the member: no effect
-		h.never(value)
-	default:
-		h.counts.PutsAmbiguous++
-		h.record(client, in, Output{Unknown: true}, call, ret)
-	}
-}
-
-// notSent reports whether a request failed before any byte reached the
-// server (the connection could not be made).
-func notSent(err error) bool {
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
+	_, err := h.api(ep).RootPut(context.Background(), key, value)
+	h.recordWrite(cl, in, Output{}, err, call, &h.counts.PutsOK, &h.counts.PutsAmbiguous, &h.counts.PutsFailed)
 }
 
 func (h *History) get(ctx context.Context, client int, ep, key string) (Output, bool) {
@@ -350,22 +317,11 @@ func (h *History) read(ctx context.Context, ep, key string) (out Output, ok bool
 		}
 		return Output{}, false
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, keyURL(ep, key), nil)
-	resp, err := h.http.Do(req)
+	value, found, err := h.api(ep).RootGet(ctx, key)
 	if err != nil {
 		return Output{}, false
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	switch {
-	case err != nil:
-		return Output{}, false
-	case resp.StatusCode == http.StatusOK:
-		return Output{Value: string(body), Found: true}, true
-	case resp.StatusCode == http.StatusNotFound && strings.HasPrefix(string(body), "key not found"):
-		return Output{}, true
-	}
-	return Output{}, false
+	return Output{Value: value, Found: found}, true
 }
 
 // never notes a value that was certainly not written; the caller holds h.mu.
