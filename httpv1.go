@@ -124,12 +124,7 @@ func (h *httpAPI) getV1(w http.ResponseWriter, r *http.Request, key string) {
 	if !ok {
 		return
 	}
-	if q.Has("wait") {
-		h.watch(w, r, q, key, false)
-		return
-	}
-	if q.Has("index") || q.Has("timeout") {
-		h.reject(w, r, http.StatusBadRequest, "bad_query", "index and timeout go with wait=true")
+	if h.watchRequested(w, r, q, key, false) {
 		return
 	}
 	linearizable, ok := h.consistency(w, r, q)
@@ -306,12 +301,7 @@ func (h *httpAPI) list(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if q.Has("wait") {
-		h.watch(w, r, q, q.Get("prefix"), true)
-		return
-	}
-	if q.Has("index") || q.Has("timeout") {
-		h.reject(w, r, http.StatusBadRequest, "bad_query", "index and timeout go with wait=true")
+	if h.watchRequested(w, r, q, q.Get("prefix"), true) {
 		return
 	}
 	linearizable, ok := h.consistency(w, r, q)
@@ -625,6 +615,20 @@ type watchReply struct {
 	// Index is what to pass as ?index= to wait for the next change.
 	Index  uint64      `json:"index"`
 	Events []eventJSON `json:"events"`
+}
+
+// watchRequested serves a read that asks to wait (?wait) as a watch, and
+// refuses watch parameters without it. It reports whether it answered.
+func (h *httpAPI) watchRequested(w http.ResponseWriter, r *http.Request, q url.Values, key string, prefix bool) bool {
+	switch {
+	case q.Has("wait"):
+		h.watch(w, r, q, key, prefix)
+	case q.Has("index") || q.Has("timeout"):
+		h.reject(w, r, http.StatusBadRequest, "bad_query", "index and timeout go with wait=true")
+	default:
+		return false
+	}
+	return true
 }
 
 // watchParams reads ?wait=true, ?index and ?timeout (and, for streams,

@@ -303,14 +303,9 @@ func (c *Client) Status(ctx context.Context) (*Status, error) {
 
 // Event is one change a watch reports.
 type Event struct {
-	Type        string  `json:"type"` // put or delete
-	Index       uint64  `json:"index"`
-	Key         string  `json:"key"`
-	Value       *string `json:"value,omitempty"`
-	ValueBase64 *string `json:"value_base64,omitempty"`
-	CreateIndex uint64  `json:"create_index"`
-	ModIndex    uint64  `json:"mod_index"`
-	Version     uint64  `json:"version"`
+	Type  string `json:"type"` // put or delete
+	Index uint64 `json:"index"`
+	KV           // the key after a put; for a delete, only Key and ModIndex (the delete's index)
 }
 
 // WatchPrefix long-polls for changes under prefix after index, for at most
