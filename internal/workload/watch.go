@@ -27,12 +27,13 @@ type Watcher struct {
 	mu        sync.Mutex // guards everything below
 	events    []client.Event
 	cursor    uint64
-	switches  int            // moves to another member
-	compacted int            // answers "compacted" (a member restarted from a snapshot)
-	problems  []string       // what the watcher itself found wrong
-	waitFor   string         // a value to stop at, once seen
-	seen      chan struct{}  // closed when waitFor was seen
-	byValue   map[string]int // put events per value
+	switches  int               // moves to another member
+	compacted int               // answers "compacted" (a member restarted from a snapshot)
+	problems  []string          // what the watcher itself found wrong
+	waitFor   string            // a value to stop at, once seen
+	seen      chan struct{}     // closed when waitFor was seen
+	byValue   map[string]int    // put events per value
+	valueAt   map[string]uint64 // the index of each put event, by value
 }
 
 // Watch starts a watcher on the members that endpoints returns; stop it
@@ -42,7 +43,7 @@ func (h *History) Watch(endpoints func() []string) *Watcher {
 	w := &Watcher{
 		h: h, endpoints: endpoints, cancel: cancel, done: make(chan struct{}),
 		http:    &http.Client{Timeout: 10 * time.Second},
-		byValue: map[string]int{},
+		byValue: map[string]int{}, valueAt: map[string]uint64{},
 	}
 	go w.run(ctx)
 	return w
@@ -101,6 +102,7 @@ func (w *Watcher) accept(ep string, cursor uint64, evs []client.Event, next uint
 		w.events = append(w.events, e)
 		if e.Type == "put" && e.Value != nil {
 			w.byValue[*e.Value]++
+			w.valueAt[*e.Value] = e.Index
 			if w.waitFor != "" && *e.Value == w.waitFor && w.seen != nil {
 				close(w.seen)
 				w.seen = nil
@@ -152,8 +154,9 @@ func (w *Watcher) Finish(ctx context.Context) error {
 // CheckWatch compares what the watcher saw with the history: every
 // acknowledged write under the prefix seen exactly once (puts and swaps by
 // their unique values; acknowledged deletes of a key that existed at least
-// as many times as they happened), and no event for a write that certainly
-// did not take effect. Call it after Finish.
+// as many times as they happened), no event for a write that certainly did
+// not take effect, and both writes of a two-key txn at one index or
+// neither. Call it after Finish.
 func (h *History) CheckWatch(w *Watcher) (summary string, problems []string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -172,6 +175,14 @@ func (h *History) CheckWatch(w *Watcher) (summary string, problems []string) {
 		}
 		if h.neverWritten[v] {
 			problems = append(problems, fmt.Sprintf("watch: reported a write of %q that was refused or did not swap", v))
+		}
+	}
+	for _, p := range h.pairs {
+		ia, okA := w.valueAt[p[0]]
+		ib, okB := w.valueAt[p[1]]
+		if okA != okB || ia != ib {
+			problems = append(problems, fmt.Sprintf("watch: a two-key txn was not atomic: %s at index %d (seen %v), %s at index %d (seen %v)",
+				p[0], ia, okA, p[1], ib, okB))
 		}
 	}
 	ackedDeletes, maybeDeletes := map[string]int{}, map[string]int{}

@@ -103,13 +103,14 @@ type Counts struct {
 	FinalReads                        int
 	// The /v1 writes to CAS keys (their PUTs are counted above).
 	DeletesOK, CASSwapped, CASNotSwapped, OtherAmbiguous, OtherFailed int
+	PairTxns                                                          int // two-key transactions acknowledged
 }
 
 func (c Counts) String() string {
 	return fmt.Sprintf("%d PUT acknowledged, %d PUT ambiguous, %d PUT refused; %d GET answered, %d GET failed; "+
-		"%d DELETE acknowledged, %d CAS swapped, %d CAS not swapped, %d DELETE/CAS ambiguous, %d refused; %d final reads",
+		"%d DELETE acknowledged, %d CAS swapped, %d CAS not swapped, %d two-key txns acknowledged, %d DELETE/CAS/txn ambiguous, %d refused; %d final reads",
 		c.PutsOK, c.PutsAmbiguous, c.PutsFailed, c.GetsOK, c.GetsFailed,
-		c.DeletesOK, c.CASSwapped, c.CASNotSwapped, c.OtherAmbiguous, c.OtherFailed, c.FinalReads)
+		c.DeletesOK, c.CASSwapped, c.CASNotSwapped, c.PairTxns, c.OtherAmbiguous, c.OtherFailed, c.FinalReads)
 }
 
 // History is the record of a workload. Safe for concurrent use.
@@ -127,6 +128,7 @@ type History struct {
 	// neverWritten holds the values of writes that certainly did not take
 	// effect (refused, or a CAS that did not swap): no watch may report one.
 	neverWritten map[string]bool
+	pairs        [][2]string // the values of each two-key transaction
 }
 
 // NewHistory prepares a workload; Run drives it.
@@ -225,6 +227,8 @@ func (h *History) casKeyOp(ctx context.Context, cl int, ep, key, value string, r
 		call := h.now()
 		existed, err := c.Delete(wctx, key)
 		h.recordWrite(cl, in, Output{Found: existed}, err, call, &h.counts.DeletesOK, &h.counts.OtherAmbiguous, &h.counts.OtherFailed)
+	case p < 0.85 && h.cfg.CASKeys >= 2:
+		h.pairTxn(cl, ep, key, value, rng)
 	default:
 		cur, ok := h.get(ctx, cl, ep, key)
 		if !ok {
@@ -243,6 +247,26 @@ func (h *History) casKeyOp(ctx context.Context, cl int, ep, key, value string, r
 		}
 		h.recordWrite(cl, in, Output{Swapped: swapped}, err, call, counter, &h.counts.OtherAmbiguous, &h.counts.OtherFailed)
 	}
+}
+
+// pairTxn writes key and another CAS key in one transaction. For the
+// per-key model each half is a PUT; atomicity (both at one raft index, or
+// neither) is what the watchers check.
+func (h *History) pairTxn(cl int, ep, key, value string, rng *rand.Rand) {
+	other := key
+	for other == key {
+		other = h.casKey(rng.IntN(h.cfg.CASKeys))
+	}
+	va, vb := value+"-a", value+"-b"
+	call := h.now()
+	_, err := h.api(ep).Txn(context.Background(), client.Txn{Success: []client.Op{
+		{Op: "put", Key: key, Value: &va}, {Op: "put", Key: other, Value: &vb},
+	}})
+	h.recordWrite(cl, Input{Kind: Put, Key: key, Value: va, Endpoint: ep}, Output{}, err, call, &h.counts.PairTxns, &h.counts.OtherAmbiguous, &h.counts.OtherFailed)
+	h.recordWrite(cl, Input{Kind: Put, Key: other, Value: vb, Endpoint: ep}, Output{}, err, call, new(int), new(int), new(int))
+	h.mu.Lock()
+	h.pairs = append(h.pairs, [2]string{va, vb})
+	h.mu.Unlock()
 }
 
 // recordWrite records a write done through package client by its outcome.
