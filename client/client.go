@@ -8,6 +8,7 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -369,4 +371,63 @@ func (c *Client) RootGet(ctx context.Context, key string) (value string, found b
 		return "", false, nil
 	}
 	return "", false, answerError(resp.StatusCode, body, false)
+}
+
+// StreamPrefix follows the changes under prefix after index as Server-Sent
+// Events, calling fn for each raft index with its events, until ctx ends,
+// the stream breaks, or fn fails. index is sent as Last-Event-ID, so a
+// caller resumes on any member from the last index it got. A member that
+// no longer keeps the events after index ends the stream with an error of
+// Code "compacted".
+func (c *Client) StreamPrefix(ctx context.Context, prefix string, index uint64, fn func(index uint64, evs []Event) error) error {
+	q := url.Values{"prefix": {prefix}, "wait": {"true"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Endpoint+"/v1/kv/?"+q.Encode(), nil)
+	if err != nil {
+		return &Error{Outcome: Refused, Err: err}
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", strconv.FormatUint(index, 10))
+	// Streams outlive any client timeout: only ctx ends them.
+	hc := *c.HTTP
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return &Error{Outcome: Refused, Err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return answerError(resp.StatusCode, body, false)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 64<<20)
+	var id, event, data string
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "id: "):
+			id = line[4:]
+		case strings.HasPrefix(line, "event: "):
+			event = line[7:]
+		case strings.HasPrefix(line, "data: "):
+			data = line[6:]
+		case line == "" && data != "":
+			if event != "" {
+				return answerError(http.StatusGone, []byte(data), false)
+			}
+			n, err := strconv.ParseUint(id, 10, 64)
+			var evs []Event
+			if err != nil || json.Unmarshal([]byte(data), &evs) != nil {
+				return &Error{Status: resp.StatusCode, Outcome: Refused, Message: fmt.Sprintf("malformed event: id %q, data %.80q", id, data)}
+			}
+			if err := fn(n, evs); err != nil {
+				return err
+			}
+			id, event, data = "", "", ""
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return &Error{Status: resp.StatusCode, Outcome: Refused, Err: err, Message: "stream broke: " + err.Error()}
+	}
+	return &Error{Status: resp.StatusCode, Outcome: Refused, Message: "stream ended"}
 }

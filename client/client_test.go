@@ -3,9 +3,11 @@ package client
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -130,5 +132,33 @@ func TestRequestsAndAnswers(t *testing.T) {
 		if i >= len(got) || got[i] != want[i] {
 			t.Fatalf("requests: %q, want %q", got, want)
 		}
+	}
+}
+
+func TestStreamPrefix(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Last-Event-ID") != "7" || r.Header.Get("Accept") != "text/event-stream" || r.URL.Query().Get("prefix") != "p/" {
+			http.Error(w, "bad request", 400)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Write([]byte(": watching\n\nid: 8\ndata: [{\"type\":\"put\",\"index\":8,\"key\":\"p/a\",\"value\":\"1\"}]\n\n" +
+			"id: 9\ndata: [{\"type\":\"delete\",\"index\":9,\"key\":\"p/a\",\"mod_index\":9},{\"type\":\"delete\",\"index\":9,\"key\":\"p/b\",\"mod_index\":9}]\n\n" +
+			"event: compacted\ndata: {\"error\":\"compacted\",\"oldest_index\":20,\"message\":\"gone\"}\n\n"))
+	}))
+	defer srv.Close()
+	var got []string
+	err := New(srv.URL, srv.Client()).StreamPrefix(context.Background(), "p/", 7, func(index uint64, evs []Event) error {
+		for _, e := range evs {
+			got = append(got, fmt.Sprintf("%d %s %s", index, e.Type, e.Key))
+		}
+		return nil
+	})
+	var e *Error
+	if !errors.As(err, &e) || e.Code != "compacted" || e.Status != http.StatusGone {
+		t.Fatalf("end of stream: %v", err)
+	}
+	if strings.Join(got, ",") != "8 put p/a,9 delete p/a,9 delete p/b" {
+		t.Fatalf("events: %v", got)
 	}
 }

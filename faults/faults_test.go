@@ -71,8 +71,8 @@ type scenario struct {
 }
 
 // TestFaults runs each scenario: a workload against a cluster while its
-// nemeses strike in turn, and two watchers that follow every change and
-// move between members, then everything is healed, every member must
+// nemeses strike in turn, and two watchers (long polls, and SSE resumed
+// with Last-Event-ID) that follow every change and move between members, then everything is healed, every member must
 // serve again, every key is read from every member, the history must be
 // linearizable with no acknowledged write lost and no member crashed by
 // itself, and each watcher must have seen every acknowledged write once, in
@@ -158,7 +158,7 @@ func runScenario(t *testing.T, sc scenario) {
 	keys := 8 * max(1, int(duration/(8*time.Second)))
 	h := workload.NewHistory(workload.Config{Endpoints: c.ClientURLs, Clients: 6, Keys: min(keys, 400)})
 	defer h.Close()
-	watchers := []*workload.Watcher{h.Watch(c.ClientURLs), h.Watch(c.ClientURLs)}
+	watchers := []*workload.Watcher{h.Watch(c.ClientURLs, false), h.Watch(c.ClientURLs, true)}
 	wctx, stop := context.WithTimeout(ctx, duration)
 	defer stop()
 	ran := make(chan struct{})

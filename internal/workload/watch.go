@@ -13,7 +13,7 @@ import (
 )
 
 // Watcher follows every change under the workload's key prefix with /v1
-// long polls. It starts at index 0 and moves from member to member whenever
+// long polls, or a Server-Sent Events stream. It starts at index 0 and moves from member to member whenever
 // one fails (killed, cut off, or no longer keeping the events it needs),
 // carrying its cursor along. What it saw is checked against the history by
 // CheckWatch.
@@ -21,6 +21,7 @@ type Watcher struct {
 	h         *History
 	endpoints func() []string
 	http      *http.Client
+	stream    bool // SSE, resuming with Last-Event-ID, instead of long polls
 	cancel    context.CancelFunc
 	done      chan struct{}
 
@@ -36,13 +37,14 @@ type Watcher struct {
 	valueAt   map[string]uint64 // the index of each put event, by value
 }
 
-// Watch starts a watcher on the members that endpoints returns; stop it
-// with Finish.
-func (h *History) Watch(endpoints func() []string) *Watcher {
+// Watch starts a watcher on the members that endpoints returns, with SSE
+// if stream is set; stop it with Finish.
+func (h *History) Watch(endpoints func() []string, stream bool) *Watcher {
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &Watcher{
 		h: h, endpoints: endpoints, cancel: cancel, done: make(chan struct{}),
 		http:    &http.Client{Timeout: 10 * time.Second},
+		stream:  stream,
 		byValue: map[string]int{}, valueAt: map[string]uint64{},
 	}
 	go w.run(ctx)
@@ -66,7 +68,23 @@ func (w *Watcher) run(ctx context.Context) {
 		w.mu.Lock()
 		cursor := w.cursor
 		w.mu.Unlock()
-		evs, next, err := client.New(ep, w.http).WatchPrefix(ctx, w.h.cfg.KeyPrefix, cursor, 2*time.Second)
+		var err error
+		if w.stream {
+			err = client.New(ep, w.http).StreamPrefix(ctx, w.h.cfg.KeyPrefix, cursor, func(index uint64, evs []client.Event) error {
+				w.mu.Lock()
+				cur := w.cursor
+				w.mu.Unlock()
+				w.accept(ep, cur, evs, index)
+				return nil
+			})
+		} else {
+			var evs []client.Event
+			var next uint64
+			evs, next, err = client.New(ep, w.http).WatchPrefix(ctx, w.h.cfg.KeyPrefix, cursor, 2*time.Second)
+			if err == nil {
+				w.accept(ep, cursor, evs, next)
+			}
+		}
 		if err != nil {
 			// A member restarted from a snapshot keeps no events before it
 			// ("compacted"); another member may: move on, as a client would.
@@ -79,9 +97,7 @@ func (w *Watcher) run(ctx context.Context) {
 			w.mu.Unlock()
 			ep = ""
 			sleep(ctx, 50*time.Millisecond)
-			continue
 		}
-		w.accept(ep, cursor, evs, next)
 	}
 }
 
