@@ -258,14 +258,14 @@ func (h *httpAPI) replicate(w http.ResponseWriter, r *http.Request, change func(
 
 // checkKey refuses an empty key or one over --max-key-bytes.
 func (h *httpAPI) checkKey(w http.ResponseWriter, r *http.Request, key, usage string) bool {
+	err := h.checkKeyErr(key)
 	switch {
-	case key == "":
-		h.reject(w, r, http.StatusBadRequest, "missing_key", "missing key: use "+usage)
-	case len(key) > h.limits.keyBytes:
-		h.reject(w, r, http.StatusBadRequest, "key_too_large",
-			"key of "+strconv.Itoa(len(key))+" bytes is larger than "+strconv.Itoa(h.limits.keyBytes)+" bytes (--max-key-bytes)")
-	default:
+	case err == nil:
 		return true
+	case key == "":
+		h.reject(w, r, http.StatusBadRequest, "missing_key", err.Error()+": use "+usage)
+	default:
+		h.reject(w, r, http.StatusBadRequest, "key_too_large", err.Error())
 	}
 	return false
 }

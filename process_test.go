@@ -526,4 +526,17 @@ func TestProcessV1API(t *testing.T) {
 	if r := do(t, "DELETE", base+"/v1/kv/?prefix=config/", ""); r.code != 200 || !strings.Contains(r.body, `"deleted":2`) {
 		t.Fatalf("delete prefix: %d %s", r.code, r.body)
 	}
+	// A long poll from the first write sees the whole story, in order.
+	r = do(t, "GET", base+"/v1/kv/?prefix=config/&wait=true&index=0", "")
+	for _, want := range []string{`"type":"put","index":` + mod, `"value":"green"`, `"type":"delete"`} {
+		if r.code != 200 || !strings.Contains(r.body, want) {
+			t.Fatalf("watch: %d %s, want %s", r.code, r.body, want)
+		}
+	}
+	if r := do(t, "GET", base+"/v1/kv/x?wait=true&timeout=1h", ""); r.code != 400 || !strings.Contains(r.body, `"timeout_too_long"`) {
+		t.Fatalf("watch timeout over --max-watch-wait: %d %s", r.code, r.body)
+	}
+	if r := do(t, "GET", base+"/v1/kv/nope", ""); r.code != 404 || r.header.Get("Content-Type") != "application/json" {
+		t.Fatalf("missing key: %d %s", r.code, r.body)
+	}
 }
