@@ -176,15 +176,8 @@ func (h *httpAPI) get(w http.ResponseWriter, r *http.Request, key string) {
 	if !h.checkKey(w, r, key, "GET /<key>") {
 		return
 	}
-	linearizable, ok := h.consistency(w, r, q)
+	it, index, ok := h.readKey(w, r, q, key)
 	if !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	it, index, err := h.store.Get(ctx, key, linearizable)
-	if err != nil {
-		h.fail(w, r, err)
 		return
 	}
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
@@ -254,6 +247,23 @@ func (h *httpAPI) replicate(w http.ResponseWriter, r *http.Request, change func(
 	}
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// readKey reads key with the consistency the query asks for; on failure it
+// has answered.
+func (h *httpAPI) readKey(w http.ResponseWriter, r *http.Request, q url.Values, key string) (*item, uint64, bool) {
+	linearizable, ok := h.consistency(w, r, q)
+	if !ok {
+		return nil, 0, false
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	it, index, err := h.store.Get(ctx, key, linearizable)
+	if err != nil {
+		h.fail(w, r, err)
+		return nil, 0, false
+	}
+	return it, index, true
 }
 
 // checkKey refuses an empty key or one over --max-key-bytes.

@@ -127,15 +127,8 @@ func (h *httpAPI) getV1(w http.ResponseWriter, r *http.Request, key string) {
 	if h.watchRequested(w, r, q, key, false) {
 		return
 	}
-	linearizable, ok := h.consistency(w, r, q)
+	it, index, ok := h.readKey(w, r, q, key)
 	if !ok {
-		return
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	it, index, err := h.store.Get(ctx, key, linearizable)
-	if err != nil {
-		h.fail(w, r, err)
 		return
 	}
 	setItemHeaders(w, index, it)
