@@ -239,6 +239,11 @@ type deleteReply struct {
 	Index   uint64 `json:"index"`
 }
 
+func answerDeleted(w http.ResponseWriter, deleted int, index uint64) {
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusOK, deleteReply{deleted, index})
+}
+
 func (h *httpAPI) deleteV1(w http.ResponseWriter, r *http.Request, key string) {
 	if _, ok := h.query(w, r); !ok {
 		return
@@ -251,8 +256,7 @@ func (h *httpAPI) deleteV1(w http.ResponseWriter, r *http.Request, key string) {
 	if !ok {
 		return
 	}
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	writeJSON(w, http.StatusOK, deleteReply{res.deleted, index})
+	answerDeleted(w, res.deleted, index)
 }
 
 func (h *httpAPI) deletePrefix(w http.ResponseWriter, r *http.Request) {
@@ -269,16 +273,15 @@ func (h *httpAPI) deletePrefix(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, r, http.StatusBadRequest, "bad_query", "use ?prefix=<p> or ?all=true, not both")
 		return
 	}
-	if len(prefix) > h.limits.keyBytes {
-		h.reject(w, r, http.StatusBadRequest, "key_too_large", "prefix larger than "+strconv.Itoa(h.limits.keyBytes)+" bytes (--max-key-bytes)")
+	if err := h.checkPrefixErr(prefix); err != nil {
+		h.reject(w, r, http.StatusBadRequest, "key_too_large", err.Error())
 		return
 	}
 	res, index, ok := h.applyConditional(w, r, &op{kind: opDeletePrefix, key: prefix}, nil)
 	if !ok {
 		return
 	}
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	writeJSON(w, http.StatusOK, deleteReply{res.deleted, index})
+	answerDeleted(w, res.deleted, index)
 }
 
 type listReply struct {
@@ -482,6 +485,13 @@ func (h *httpAPI) checkKeyErr(key string) error {
 	return nil
 }
 
+func (h *httpAPI) checkPrefixErr(prefix string) error {
+	if len(prefix) > h.limits.keyBytes {
+		return fmt.Errorf("prefix larger than %d bytes (--max-key-bytes)", h.limits.keyBytes)
+	}
+	return nil
+}
+
 // jsonValue reads a value given as value (a string) or value_base64.
 func (h *httpAPI) jsonValue(value, b64 *string) (string, error) {
 	var v string
@@ -580,8 +590,8 @@ func (h *httpAPI) parseTxnOp(oj txnOpJSON) (op, error) {
 		if oj.Prefix == "" {
 			return op{}, errors.New("delete_prefix needs a non-empty prefix")
 		}
-		if len(oj.Prefix) > h.limits.keyBytes {
-			return op{}, fmt.Errorf("prefix larger than %d bytes (--max-key-bytes)", h.limits.keyBytes)
+		if err := h.checkPrefixErr(oj.Prefix); err != nil {
+			return op{}, err
 		}
 		return op{kind: opDeletePrefix, key: oj.Prefix}, nil
 	}

@@ -278,7 +278,6 @@ func applyOp(keys *btree.BTreeG[*item], index uint64, o *op) result {
 	res := result{index: index, succeeded: true}
 	switch o.kind {
 	case opTxn:
-		res.succeeded = true
 		for _, c := range o.txn.compares {
 			cur, _ := keys.Get(&item{key: c.key})
 			if !c.holds(cur) {
