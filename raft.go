@@ -122,8 +122,11 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		removedC:    make(chan struct{}),
 	}
 	rc.stopCtx, rc.cancelStop = context.WithCancel(context.Background())
-	if err := fileutil.TouchDirAll(lg, cfg.snapdir); err != nil {
+	if err := mkdirDurable(cfg.snapdir); err != nil {
 		return nil, fmt.Errorf("create snapshot dir %s: %w", cfg.snapdir, err)
+	}
+	if err := fileutil.TouchDirAll(lg, cfg.snapdir); err != nil { // is it writable?
+		return nil, fmt.Errorf("snapshot dir %s: %w", cfg.snapdir, err)
 	}
 	rc.snapshotter = snap.New(lg, cfg.snapdir)
 	if err := rc.openWAL(); err != nil {

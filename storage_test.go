@@ -120,3 +120,27 @@ func TestCheckDiskNamesFilesAndIndexes(t *testing.T) {
 		}
 	})
 }
+
+func TestMkdirDurable(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "a", "b", "c")
+	if err := mkdirDurable(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Fatalf("stat %s: %v", dir, err)
+	}
+	if err := mkdirDurable(dir); err != nil {
+		t.Fatalf("existing dir: %v", err)
+	}
+	file := filepath.Join(base, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := mkdirDurable(filepath.Join(file, "sub")); err == nil {
+		t.Fatal("mkdirDurable under a regular file succeeded")
+	}
+	if err := syncDir(filepath.Join(base, "missing")); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("syncDir of a missing dir: %v", err)
+	}
+}
