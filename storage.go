@@ -65,7 +65,7 @@ func (rc *raftNode) openWAL() error {
 
 	walSnaps, err := wal.ValidSnapshotEntries(rc.lg, rc.cfg.waldir)
 	if err != nil {
-		return fmt.Errorf("list snapshots recorded in wal %s: %w", rc.cfg.waldir, err)
+		return rc.walDamaged(fmt.Errorf("list snapshots recorded in wal: %w", err))
 	}
 	snapshot, err := rc.snapshotter.LoadNewestAvailable(walSnaps)
 	if err != nil && !errors.Is(err, snap.ErrNoSnapshot) {
@@ -87,7 +87,8 @@ func (rc *raftNode) openWAL() error {
 			return fmt.Errorf("data directory %s is in use by another running raftexample", rc.cfg.waldir)
 		}
 		if err != nil {
-			return fmt.Errorf("open wal %s at snapshot %s: %w", rc.cfg.waldir, rc.snapName(start.GetTerm(), start.GetIndex()), err)
+			return fmt.Errorf("open wal %s at snapshot %s: %w; if a newer snapshot file failed its checksum (see the warnings above and the *.broken files), the wal no longer reaches back to an older one: %s",
+				rc.cfg.waldir, rc.snapName(start.GetTerm(), start.GetIndex()), err, rc.rebuildAdvice())
 		}
 		meta, st, ents, err = w.ReadAll()
 		if err == nil {
@@ -96,7 +97,7 @@ func (rc *raftNode) openWAL() error {
 		}
 		w.Close()
 		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
-			return fmt.Errorf("read wal %s: %w", rc.cfg.waldir, err)
+			return rc.walDamaged(err)
 		}
 		rc.lg.Warn("wal ends in a torn write (crash during a write); repairing", zap.String("dir", rc.cfg.waldir))
 		if !wal.Repair(rc.lg, rc.cfg.waldir) {
@@ -125,6 +126,66 @@ func (rc *raftNode) openWAL() error {
 	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
 		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
 	return nil
+}
+
+// walDamaged explains a WAL that cannot be read (not a torn tail, which is
+// repaired): it names the segment and the byte where its records stop
+// verifying, and says what the operator can do. Nothing of such a WAL is
+// used: a member must never serve data it cannot verify.
+func (rc *raftNode) walDamaged(readErr error) error {
+	where := "a segment that cannot be located"
+	if path, off, err := locateWALDamage(rc.cfg.waldir); path != "" {
+		where = fmt.Sprintf("segment %s at byte %d (%v)", path, off, err)
+	}
+	return fmt.Errorf("wal %s is damaged: %s; read error: %w; this member cannot verify its log and will not start: %s",
+		rc.cfg.waldir, where, readErr, rc.rebuildAdvice())
+}
+
+func (rc *raftNode) rebuildAdvice() string {
+	return fmt.Sprintf("if the other members are healthy, remove this one (DELETE /%d on another member), wipe %s and %s, and add it back under a new id (POST /<new-id> with its peer URL, then start it with --join); keep the damaged files for a bug report",
+		rc.cfg.id, rc.cfg.waldir, rc.cfg.snapdir)
+}
+
+// locateWALDamage decodes each WAL segment on its own (each begins with
+// the CRC that chains it to the one before) and returns the first segment
+// and byte offset whose record fails to decode or verify.
+func locateWALDamage(dir string) (path string, off int64, err error) {
+	names, err := fileutil.ListFiles(dir, func(n string) bool { return strings.HasSuffix(n, ".wal") })
+	if err != nil {
+		return "", 0, err
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if off, err := verifySegment(name); err != nil {
+			return name, off, err
+		}
+	}
+	return "", 0, nil
+}
+
+func verifySegment(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	dec := wal.NewDecoder(fileutil.NewFileReader(f))
+	for {
+		off := dec.LastOffset()
+		rec := &walpb.Record{}
+		err := dec.Decode(rec)
+		switch {
+		case errors.Is(err, io.EOF):
+			return 0, nil
+		case err != nil:
+			return off, err
+		case rec.GetType() == wal.CrcType:
+			if crc := dec.LastCRC(); crc != 0 && rec.Validate(crc) != nil {
+				return off, wal.ErrCRCMismatch
+			}
+			dec.UpdateCRC(rec.GetCrc())
+		}
+	}
 }
 
 // checkDisk compares what the WAL and the snapshot files say before raft

@@ -16,6 +16,7 @@ import (
 
 	"raftexample/internal/cluster"
 	"raftexample/internal/nemesis"
+	"raftexample/internal/powerfs"
 	"raftexample/internal/workload"
 )
 
@@ -96,6 +97,15 @@ func TestFaults(t *testing.T) {
 		{name: "snapshot-crash", nemeses: []string{"snapshot-crash"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
 		{name: "torn-wal", nemeses: []string{"torn-wal"}},
 		{name: "snapshot-install", nemeses: []string{"snapshot-install"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
+		{name: "power-cut", nemeses: []string{"power-cut"}},
+		{name: "power-cut-majority", nemeses: []string{"power-cut-majority"}, faultFor: 1500 * time.Millisecond},
+		{name: "power-cut-all", nemeses: []string{"power-cut-all"}, faultFor: 1500 * time.Millisecond},
+		{name: "power-cut-snapshot-install", nemeses: []string{"power-cut-snapshot-install"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
+		{name: "disk-stall", nemeses: []string{"disk-stall"}},
+		{name: "disk-full", nemeses: []string{"disk-full"}},
+		{name: "slow-network", nemeses: []string{"slow-network"}},
+		{name: "flaky-network", nemeses: []string{"flaky-network"}},
+		{name: "bridge", nemeses: []string{"bridge"}},
 		{name: "mixed", nemeses: mixed, snapshotCount: 200},
 	}
 	for _, sc := range scenarios {
@@ -113,13 +123,33 @@ func runScenario(t *testing.T, sc scenario) {
 	if sc.healFor == 0 {
 		sc.healFor = time.Second
 	}
-	var nems []nemesis.Nemesis
+	var (
+		nems   []nemesis.Nemesis
+		onDisk []string
+	)
 	for _, name := range sc.nemeses {
 		n := nemesis.All()[name]
 		if n == nil {
 			t.Fatalf("no nemesis %q", name)
 		}
 		nems = append(nems, n)
+		if nemesis.NeedsPowerFS(n) {
+			onDisk = append(onDisk, name)
+		}
+	}
+	// The disk nemeses need FUSE. A scenario of nothing else skips without
+	// it (loudly; RAFTEXAMPLE_REQUIRE_FUSE=1 fails instead), and the mixed
+	// one runs the others.
+	powerFS := len(onDisk) > 0
+	if powerFS && len(onDisk) < len(nems) && powerfs.Available() != nil {
+		if os.Getenv("RAFTEXAMPLE_REQUIRE_FUSE") == "1" {
+			t.Fatalf("FUSE is not available (%v) and RAFTEXAMPLE_REQUIRE_FUSE=1", powerfs.Available())
+		}
+		fmt.Fprintf(os.Stderr, "*** FUSE is not available (%v): %s runs without %v\n", powerfs.Available(), t.Name(), onDisk)
+		nems = slices.DeleteFunc(nems, nemesis.NeedsPowerFS)
+		powerFS = false
+	} else if powerFS {
+		powerfs.RequireFUSE(t)
 	}
 	seed := uint64(time.Now().UnixNano())
 	if s := os.Getenv("RAFTEXAMPLE_FAULT_SEED"); s != "" {
@@ -141,6 +171,7 @@ func runScenario(t *testing.T, sc scenario) {
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{
 		Binary: serverBin, Dir: dir, Size: sc.size, SnapshotCount: sc.snapshotCount, Logf: t.Logf,
+		PowerFS: powerFS, KeepDisks: func() bool { return len(r.failures) > 0 || t.Failed() },
 	})
 	if err != nil {
 		r.fail("start: %v", err)

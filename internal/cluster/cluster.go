@@ -25,6 +25,7 @@ import (
 
 	"raftexample/client"
 	"raftexample/internal/ports"
+	"raftexample/internal/powerfs"
 )
 
 // Options describe a cluster. Zero values take the defaults noted.
@@ -36,6 +37,12 @@ type Options struct {
 	Tick           time.Duration // --tick; default 50ms
 	ElectionTicks  int           // --election-ticks; default 10
 	RequestTimeout time.Duration // --request-timeout; default 2s
+	// PowerFS puts each member's data dir on a powerfs mount, so that
+	// PowerCut, StallDisk and FillDisk work on it. The data then lives in
+	// this process's memory; Close writes it out to the member's data dir
+	// if KeepDisks says so.
+	PowerFS   bool
+	KeepDisks func() bool
 	// Logf, if set, also receives every event the harness records.
 	Logf func(format string, args ...any)
 }
@@ -67,6 +74,7 @@ type Cluster struct {
 	unexpected []string                // exits the harness did not cause
 	events     *os.File
 	ports      []*ports.Reservation // every member's ports; released by Close
+	disks      []*powerfs.FS        // every member's powerfs; unmounted by Close
 	closed     bool
 }
 
@@ -78,6 +86,7 @@ type member struct {
 	ClientURL  string
 	peerAddr   string // where its peer listener binds
 	dataDir    string
+	disk       *powerfs.FS // with Options.PowerFS; mounted at dataDir
 	logPath    string
 	args       []string
 	state      State
@@ -85,6 +94,7 @@ type member struct {
 	// mayBeRemoved: a DELETE was sent for it, so exiting with status 0
 	// (what a removed member does) is no surprise.
 	mayBeRemoved bool
+	diskFull     bool // FillDisk: exiting on a write error is expected
 	proc         *os.Process
 	exited       chan struct{} // closed when the current process has exited
 	watchers     []*watcher
@@ -176,14 +186,24 @@ func (c *Cluster) newNode(id uint64) (*member, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	return &member{
+	n := &member{
 		ID:        id,
 		ClientURL: "http://127.0.0.1:" + strconv.Itoa(clientPort),
 		peerAddr:  "127.0.0.1:" + strconv.Itoa(peerPort),
 		dataDir:   dir,
 		logPath:   filepath.Join(c.opts.Dir, fmt.Sprintf("node-%d.log", id)),
 		state:     Stopped,
-	}, nil
+	}
+	if c.opts.PowerFS {
+		n.disk = powerfs.New(dir)
+		if err := n.disk.Mount(); err != nil {
+			return nil, fmt.Errorf("cluster: data dir of member %d: %w", id, err)
+		}
+		c.mu.Lock()
+		c.disks = append(c.disks, n.disk)
+		c.mu.Unlock()
+	}
+	return n, nil
 }
 
 // args builds a member's command line for the given initial members (a
@@ -238,12 +258,16 @@ func (c *Cluster) reservePort() (int, error) {
 
 // Logf records an event in events.log (and Options.Logf).
 func (c *Cluster) Logf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.logLocked(format, args...)
+}
+
+func (c *Cluster) logLocked(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
 	if c.events != nil {
 		fmt.Fprintf(c.events, "%s %s\n", time.Now().Format("15:04:05.000"), msg)
 	}
-	c.mu.Unlock()
 	if c.opts.Logf != nil {
 		c.opts.Logf("%s", msg)
 	}
@@ -283,7 +307,9 @@ func (c *Cluster) launch(n *member) error {
 		fmt.Fprintf(logf, "=== harness: exited: %v\n", exitText(err))
 		logf.Close()
 		c.mu.Lock()
-		if !n.expectExit && !(n.mayBeRemoved && err == nil) {
+		if n.diskFull && !n.expectExit {
+			c.logLocked("member %d exited on a full disk (%s)", n.ID, exitText(err))
+		} else if !n.expectExit && !(n.mayBeRemoved && err == nil) {
 			c.unexpected = append(c.unexpected, fmt.Sprintf("member %d exited by itself (%s); see %s", n.ID, exitText(err), n.logPath))
 		}
 		if n.state == Running || n.state == Paused {
@@ -615,6 +641,7 @@ func (c *Cluster) HealLinks() {
 	for _, l := range c.links {
 		l.setCut(false)
 		l.setStall(false)
+		l.setWeather(0, 0, 0)
 	}
 	for _, l := range c.inbound {
 		l.healAll()
@@ -664,4 +691,32 @@ func (c *Cluster) Close() {
 		r.Release()
 	}
 	c.client.CloseIdleConnections()
+	keep := c.opts.KeepDisks != nil && c.opts.KeepDisks()
+	for _, d := range c.disks {
+		if err := d.Unmount(); err != nil {
+			fmt.Fprintf(os.Stderr, "cluster: %v\n", err)
+			continue
+		}
+		if keep {
+			// The mount point is a plain directory again: put there what
+			// the member last saw, so a kept run looks like any other.
+			if err := d.Export(d.Dir()); err != nil {
+				fmt.Fprintf(os.Stderr, "cluster: keep the data of %s: %v\n", d.Dir(), err)
+			}
+		}
+	}
+}
+
+// SetWeather makes every path between members slow and flaky: each chunk
+// of bytes is held for delay ± jitter, in order, and each new connection,
+// and every 200 ms each open one, is dropped with probability drop. Zero
+// values restore a clear network; HealLinks does too. Paths to members
+// added later go through an HTTP proxy that only cuts: they stay clear.
+func (c *Cluster) SetWeather(delay, jitter time.Duration, drop float64) {
+	c.mu.Lock()
+	for _, l := range c.links {
+		l.setWeather(delay, jitter, drop)
+	}
+	c.mu.Unlock()
+	c.Logf("network weather: delay %v ± %v per direction, drop %.0f%%", delay, jitter, drop*100)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -22,16 +23,24 @@ import (
 // keeps its connections but stops moving bytes, so the sender's buffers
 // fill and its requests time out, as behind a router that drops packets;
 // when it is healed the held bytes arrive late.
+//
+// A link can also be slow (every chunk it forwards is held for a delay
+// drawn from delay ± jitter, in order) and flaky (it drops each new
+// connection, and every 200 ms each open one, with probability drop).
 type link struct {
 	ln      net.Listener
 	target  string        // the peer listener the link forwards to
 	stopped chan struct{} // closed by close
 
-	mu     sync.Mutex // guards cut, open, closed and conns
+	mu     sync.Mutex // guards everything below
 	cut    bool
 	open   chan struct{} // closed while bytes may flow; a fresh one while stalled
 	closed bool
 	conns  map[net.Conn]struct{} // both ends of every forwarded connection
+	delay  time.Duration
+	jitter time.Duration
+	drop   float64
+	rng    *rand.Rand
 
 	wg sync.WaitGroup // the accept loop and the forwarding goroutines
 }
@@ -41,11 +50,54 @@ func newLink(target string) (*link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("link listener: %w", err)
 	}
-	l := &link{ln: ln, target: target, stopped: make(chan struct{}), open: make(chan struct{}), conns: map[net.Conn]struct{}{}}
+	l := &link{ln: ln, target: target, stopped: make(chan struct{}), open: make(chan struct{}), conns: map[net.Conn]struct{}{},
+		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64()))}
 	close(l.open)
-	l.wg.Add(1)
+	l.wg.Add(2)
 	go l.accept()
+	go l.dropLoop()
 	return l, nil
+}
+
+// dropLoop closes open connections at random while the link is flaky.
+func (l *link) dropLoop() {
+	defer l.wg.Done()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopped:
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		if l.drop > 0 {
+			for c := range l.conns {
+				if l.rng.Float64() < l.drop {
+					c.Close()
+				}
+			}
+		}
+		l.mu.Unlock()
+	}
+}
+
+// setWeather makes the link slow and flaky (zero values: neither).
+func (l *link) setWeather(delay, jitter time.Duration, drop float64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.delay, l.jitter, l.drop = delay, jitter, drop
+}
+
+// holdFor draws how long to hold the next chunk.
+func (l *link) holdFor() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.delay
+	if l.jitter > 0 {
+		d += time.Duration(l.rng.Int64N(int64(2*l.jitter))) - l.jitter
+	}
+	return max(0, d)
 }
 
 func (l *link) addr() string { return l.ln.Addr().String() }
@@ -66,11 +118,12 @@ func (l *link) accept() {
 	}
 }
 
-// track registers c unless the link is cut or closed.
+// track registers c unless the link is cut or closed (or, when flaky,
+// drops it).
 func (l *link) track(c net.Conn) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.cut || l.closed {
+	if l.cut || l.closed || (l.drop > 0 && l.rng.Float64() < l.drop) {
 		return false
 	}
 	l.conns[c] = struct{}{}
@@ -110,16 +163,52 @@ func (l *link) forward(down net.Conn) {
 }
 
 // pump copies src to dst while the link is open; while it is stalled it
-// neither reads nor writes.
+// neither reads nor writes. When the link is slow, a second goroutine
+// delivers each chunk once its delay is over, never before an earlier one.
 func (l *link) pump(dst, src net.Conn) {
-	buf := make([]byte, 32<<10)
-	for l.waitOpen() {
-		n, err := src.Read(buf)
-		if n > 0 {
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	queue := make(chan chunk, 64)
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		for c := range queue {
+			if d := time.Until(c.at); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-l.stopped:
+					return
+				}
+			}
 			if !l.waitOpen() {
 				return
 			}
-			if _, err := dst.Write(buf[:n]); err != nil {
+			if _, err := dst.Write(c.b); err != nil {
+				dst.Close()
+				src.Close() // stop the reader too
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(queue)
+		<-delivered
+	}()
+	var last time.Time
+	for l.waitOpen() {
+		buf := make([]byte, 32<<10)
+		n, err := src.Read(buf)
+		if n > 0 {
+			at := time.Now().Add(l.holdFor())
+			if at.Before(last) {
+				at = last // bytes of one connection stay in order
+			}
+			last = at
+			select {
+			case queue <- chunk{buf[:n], at}:
+			case <-delivered:
 				return
 			}
 		}

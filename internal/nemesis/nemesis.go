@@ -28,6 +28,13 @@ type Nemesis interface {
 	Heal(ctx context.Context, c *cluster.Cluster) error
 }
 
+// NeedsPowerFS reports whether n works only on a cluster started with
+// cluster.Options.PowerFS.
+func NeedsPowerFS(n Nemesis) bool {
+	p, ok := n.(interface{ needsPowerFS() bool })
+	return ok && p.needsPowerFS()
+}
+
 // All returns one of each nemesis, by name.
 func All() map[string]Nemesis {
 	m := map[string]Nemesis{}
@@ -35,6 +42,11 @@ func All() map[string]Nemesis {
 		kill(false), kill(true), &killMajority{}, pause(false), pause(true),
 		&isolate{}, &split{}, &split{stall: true}, &cutLeader{}, &churn{}, snapshotCrash(), tornWAL(),
 		&snapshotInstall{},
+		powerCut("power-cut", one), powerCut("power-cut-majority", majority), powerCut("power-cut-all", all),
+		&snapshotInstall{power: true}, diskStall(), diskFull(),
+		&weather{name: "slow-network", delay: 50 * time.Millisecond, jitter: 50 * time.Millisecond},
+		&weather{name: "flaky-network", delay: 5 * time.Millisecond, jitter: 5 * time.Millisecond, drop: 0.2},
+		&bridge{},
 	} {
 		m[n.Name()] = n
 	}
@@ -142,12 +154,15 @@ func restartAll(ctx context.Context, c *cluster.Cluster, ids []uint64) error {
 type onOne struct {
 	name   string
 	leader bool
+	disk   bool // needs cluster.Options.PowerFS
 	strike func(ctx context.Context, c *cluster.Cluster, id uint64) error
 	heal   func(ctx context.Context, c *cluster.Cluster, id uint64) error
 	victim uint64
 }
 
 func (o *onOne) Name() string { return o.name }
+
+func (o *onOne) needsPowerFS() bool { return o.disk }
 
 func (o *onOne) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
 	o.victim = 0
@@ -387,12 +402,23 @@ func tornWAL() *onOne {
 // whatever it would find later in a socket buffer could carry it past the
 // compaction point. With refused links, nothing the leader appends after
 // the cut (and a moment to persist what it sent before) ever reaches it.
+//
+// With power set, the kill is a power cut instead (see PowerCut): the
+// member also loses whatever it had not fsynced.
 type snapshotInstall struct {
+	power  bool
 	victim uint64
 	killed bool
 }
 
-func (*snapshotInstall) Name() string { return "snapshot-install" }
+func (s *snapshotInstall) Name() string {
+	if s.power {
+		return "power-cut-snapshot-install"
+	}
+	return "snapshot-install"
+}
+
+func (s *snapshotInstall) needsPowerFS() bool { return s.power }
 
 func (s *snapshotInstall) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
 	s.victim, s.killed = 0, false
@@ -442,11 +468,15 @@ func (s *snapshotInstall) Inject(ctx context.Context, c *cluster.Cluster, rng *r
 	// It acknowledges the snapshot a moment after the log line, and its
 	// next WAL write follows the leader's answer: sweep that window.
 	time.Sleep(time.Duration(rng.IntN(5000)) * time.Microsecond)
-	if err := c.Kill(id); err != nil {
+	kill := c.Kill
+	if s.power {
+		kill = func(id uint64) error { return c.PowerCut(id) }
+	}
+	if err := kill(id); err != nil {
 		return err
 	}
 	s.killed = true
-	c.Logf("member %d killed right after installing a snapshot", id)
+	c.Logf("member %d killed right after installing a snapshot (power cut: %v)", id, s.power)
 	return nil
 }
 

@@ -1,0 +1,106 @@
+package nemesis
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"raftexample/internal/cluster"
+)
+
+// The disk nemeses need a cluster whose data dirs are on powerfs
+// (cluster.Options.PowerFS; see NeedsPowerFS).
+
+// victims chooses how many running members a power cut takes.
+type victims func(members, running int) int
+
+func one(_, running int) int      { return min(1, running) }
+func majority(members, _ int) int { return members/2 + 1 }
+func all(members, _ int) int      { return members }
+
+// powerCut: cut the power of one member, of a majority, or of every member
+// at once, with writes in flight (see cluster.PowerCut: kill -9, then the
+// loss of everything not fsynced); restart them on heal. What was
+// acknowledged was fsynced by a majority, so it must all be there.
+type powerCutter struct {
+	name    string
+	count   victims
+	victims []uint64
+}
+
+func powerCut(name string, count victims) *powerCutter { return &powerCutter{name: name, count: count} }
+
+func (p *powerCutter) Name() string { return p.name }
+
+func (p *powerCutter) needsPowerFS() bool { return true }
+
+func (p *powerCutter) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	members := c.IDs(cluster.Running, cluster.Paused, cluster.Stopped)
+	running := c.IDs(cluster.Running)
+	rng.Shuffle(len(running), func(i, j int) { running[i], running[j] = running[j], running[i] })
+	p.victims = running[:min(len(running), p.count(len(members), len(running)))]
+	if len(p.victims) == 0 {
+		return errors.New("no running member to cut")
+	}
+	return c.PowerCut(p.victims...)
+}
+
+func (p *powerCutter) Heal(ctx context.Context, c *cluster.Cluster) error {
+	return restartAll(ctx, c, p.victims)
+}
+
+// diskStall: a member's disk stops answering: its fsyncs (and, every other
+// time, its writes too) block until heal releases them. A stalled leader
+// stops sending heartbeats from its ready loop and must be replaced; a
+// stalled follower falls behind and must catch up.
+func diskStall() *onOne {
+	var turns int
+	return &onOne{name: "disk-stall", disk: true,
+		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error {
+			turns++
+			return c.StallDisk(id, turns%2 == 0)
+		},
+		heal: func(ctx context.Context, c *cluster.Cluster, id uint64) error {
+			if err := c.ReleaseDisk(id); err != nil {
+				return err
+			}
+			return c.WaitCaughtUp(ctx, id, 30*time.Second)
+		}}
+}
+
+// diskFull: a member's disk fills up: writes fail with ENOSPC. The member
+// must stop rather than go on with a WAL it cannot write, and say why in its
+// log. Heal frees the space and restarts it on its data (killing it first
+// if it kept running because it wrote nothing while full): whatever it
+// acknowledged must be on its disk, so it must boot and catch up.
+func diskFull() *onOne {
+	var why <-chan struct{}
+	return &onOne{name: "disk-full", disk: true,
+		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error {
+			why = c.WatchLog(id, "no space left on device")
+			return c.FillDisk(id, true)
+		},
+		heal: func(ctx context.Context, c *cluster.Cluster, id uint64) error {
+			if err := c.FillDisk(id, false); err != nil {
+				return err
+			}
+			switch c.State(id) {
+			case cluster.Stopped:
+				select {
+				case <-why:
+				default:
+					return fmt.Errorf("member %d stopped on a full disk without saying so (no \"no space left on device\" in %s)", id, c.LogPath(id))
+				}
+			case cluster.Running:
+				if err := c.Kill(id); err != nil {
+					return err
+				}
+			}
+			if err := restart(ctx, c, id); err != nil {
+				return err
+			}
+			return c.WaitCaughtUp(ctx, id, 30*time.Second)
+		}}
+}
