@@ -254,6 +254,9 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 		// Watchers hear of a write before its writer does: a watch from the
 		// index a write returned never misses it here.
 		s.watch.publish(index, evs)
+		if len(answers) > 0 {
+			failpoint("apply-before-reply")
+		}
 		for _, a := range answers {
 			s.waits.trigger(a.id, a.res)
 		}

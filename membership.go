@@ -123,6 +123,7 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	}
 
 	s.confState = s.raft.applyConfChange(cc)
+	failpoint("conf-change-applied")
 	if cc.GetType() == raftpb.ConfChangeAddNode {
 		s.members.add(id, string(cc.GetContext()))
 	} else {

@@ -285,9 +285,11 @@ func (rc *raftNode) readyLoop() {
 				rc.persistSnapshot(rd.Snapshot)
 				snapToApply = rd.Snapshot
 			}
+			failpoint("wal-save-before")
 			if err := rc.wal.Save(rd.HardState, rd.Entries); err != nil {
 				rc.lg.Fatal("cannot write to the wal; stopping rather than risk losing acknowledged writes", zap.Error(err))
 			}
+			failpoint("wal-save-after")
 			if snapToApply != nil {
 				// Save syncs only when entries, the term or the vote changed;
 				// here the commit index alone may have moved, and its record
@@ -305,6 +307,7 @@ func (rc *raftNode) readyLoop() {
 				if err := rc.raftStorage.ApplySnapshot(snapToApply); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 					rc.lg.Fatal("apply snapshot to raft log", zap.Error(err))
 				}
+				failpoint("snapshot-install-before-release")
 				rc.releaseWAL(snapToApply.GetMetadata().GetIndex())
 				rc.snapMu.Unlock()
 				rc.lg.Info("installed snapshot from leader", zap.Uint64("index", snapToApply.GetMetadata().GetIndex()))
@@ -386,6 +389,7 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte
 	// snapshot was taken, and the WAL writes records in order. So the
 	// snapshot is durable and valid at restart before anything is released.
 	rc.persistSnapshot(s)
+	failpoint("snapshot-saved-before-release")
 	keep := min(uint64(maxCatchUpWindow), rc.cfg.snapshotCount)
 	if index > keep {
 		if err := rc.raftStorage.Compact(index - keep); err != nil && !errors.Is(err, raft.ErrCompacted) {

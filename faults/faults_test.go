@@ -45,7 +45,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	serverBin, err = cluster.Build(dir, os.Getenv("RAFTEXAMPLE_FAULT_RACE") != "0")
+	// With its crash points compiled in (inert unless a nemesis arms them).
+	serverBin, err = cluster.Build(dir, os.Getenv("RAFTEXAMPLE_FAULT_RACE") != "0", "failpoints")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.RemoveAll(dir)
@@ -69,6 +70,7 @@ type scenario struct {
 	snapshotCount uint64        // default: the server's
 	faultFor      time.Duration // default 2s
 	healFor       time.Duration // default 1s
+	minDuration   time.Duration // workload time at least this (default: the common duration)
 }
 
 // TestFaults runs each scenario: a workload against a cluster while its
@@ -79,11 +81,15 @@ type scenario struct {
 // itself, and each watcher must have seen every acknowledged write once, in
 // index order, and nothing that never took effect.
 func TestFaults(t *testing.T) {
-	var mixed []string
-	for name := range nemesis.All() {
+	var mixed, crashPoints []string
+	for name, n := range nemesis.All() {
 		mixed = append(mixed, name)
+		if nemesis.NeedsFailpoints(n) {
+			crashPoints = append(crashPoints, name)
+		}
 	}
 	slices.Sort(mixed)
+	slices.Sort(crashPoints)
 	scenarios := []scenario{
 		{name: "kill", nemeses: []string{"kill"}},
 		{name: "kill-leader", nemeses: []string{"kill-leader"}},
@@ -103,9 +109,12 @@ func TestFaults(t *testing.T) {
 		{name: "power-cut-snapshot-install", nemeses: []string{"power-cut-snapshot-install"}, snapshotCount: 50, healFor: 500 * time.Millisecond},
 		{name: "disk-stall", nemeses: []string{"disk-stall"}},
 		{name: "disk-full", nemeses: []string{"disk-full"}},
+		{name: "bitrot-wal", nemeses: []string{"bitrot-wal"}},
+		{name: "bitrot-snapshot", nemeses: []string{"bitrot-snapshot"}, snapshotCount: 50},
 		{name: "slow-network", nemeses: []string{"slow-network"}},
 		{name: "flaky-network", nemeses: []string{"flaky-network"}},
 		{name: "bridge", nemeses: []string{"bridge"}},
+		{name: "crash-points", nemeses: crashPoints, snapshotCount: 50, faultFor: 500 * time.Millisecond, healFor: 500 * time.Millisecond, minDuration: 45 * time.Second},
 		{name: "mixed", nemeses: mixed, snapshotCount: 200},
 	}
 	for _, sc := range scenarios {
@@ -159,6 +168,7 @@ func runScenario(t *testing.T, sc scenario) {
 		}
 		seed = v
 	}
+	duration := max(duration, sc.minDuration)
 	dir, err := os.MkdirTemp(os.Getenv("RAFTEXAMPLE_FAULT_DIR"), "raftexample-faults-"+sc.name+"-")
 	if err != nil {
 		t.Fatal(err)

@@ -94,7 +94,10 @@ type member struct {
 	// mayBeRemoved: a DELETE was sent for it, so exiting with status 0
 	// (what a removed member does) is no surprise.
 	mayBeRemoved bool
-	diskFull     bool // FillDisk: exiting on a write error is expected
+	diskFull     bool     // FillDisk: exiting on a write error is expected
+	env          []string // extra environment of the next launch only (RestartArmed)
+	atFailpoint  bool     // the current process said it reached a failpoint
+	refusal      string   // RestartRefused: the current process should exit saying this
 	proc         *os.Process
 	exited       chan struct{} // closed when the current process has exited
 	watchers     []*watcher
@@ -281,6 +284,13 @@ func (c *Cluster) launch(n *member) error {
 	}
 	fmt.Fprintf(logf, "=== harness: start %s %s\n", c.opts.Binary, strings.Join(n.args, " "))
 	cmd := exec.Command(c.opts.Binary, n.args...)
+	c.mu.Lock()
+	if len(n.env) > 0 {
+		cmd.Env = append(os.Environ(), n.env...)
+		fmt.Fprintf(logf, "=== harness: with %s\n", strings.Join(n.env, " "))
+	}
+	n.env, n.atFailpoint = nil, false
+	c.mu.Unlock()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
@@ -307,7 +317,13 @@ func (c *Cluster) launch(n *member) error {
 		fmt.Fprintf(logf, "=== harness: exited: %v\n", exitText(err))
 		logf.Close()
 		c.mu.Lock()
-		if n.diskFull && !n.expectExit {
+		refusing := n.refusal != ""
+		n.refusal = ""
+		if refusing && !n.expectExit {
+			c.logLocked("member %d refused to start (%s)", n.ID, exitText(err))
+		} else if n.atFailpoint && !n.expectExit {
+			c.logLocked("member %d crashed at its failpoint (%s)", n.ID, exitText(err))
+		} else if n.diskFull && !n.expectExit {
 			c.logLocked("member %d exited on a full disk (%s)", n.ID, exitText(err))
 		} else if !n.expectExit && !(n.mayBeRemoved && err == nil) {
 			c.unexpected = append(c.unexpected, fmt.Sprintf("member %d exited by itself (%s); see %s", n.ID, exitText(err), n.logPath))
@@ -331,6 +347,9 @@ func exitText(err error) string {
 func (c *Cluster) notify(n *member, line string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if strings.HasPrefix(line, "failpoint ") && strings.Contains(line, " reached") {
+		n.atFailpoint = true // the kill -9 it is about to send itself is expected
+	}
 	kept := n.watchers[:0]
 	for _, w := range n.watchers {
 		if strings.Contains(line, w.substr) {
@@ -554,6 +573,19 @@ func (c *Cluster) Restart(ctx context.Context, id uint64) error {
 		return err
 	}
 	return c.waitServing(ctx, n)
+}
+
+// RestartArmed starts a stopped member like Restart, with the crash points
+// in spec armed for this run only (RAFTEXAMPLE_FAILPOINTS; the binary must
+// be built with the "failpoints" tag). When the member reaches one, it
+// kills itself: an expected exit, logged as a crash at its failpoint.
+func (c *Cluster) RestartArmed(ctx context.Context, id uint64, spec string) error {
+	c.mu.Lock()
+	if n := c.nodes[id]; n != nil && n.state == Stopped {
+		n.env = []string{"RAFTEXAMPLE_FAILPOINTS=" + spec}
+	}
+	c.mu.Unlock()
+	return c.Restart(ctx, id)
 }
 
 // PathFault is how a cut path fails.

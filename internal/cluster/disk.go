@@ -145,3 +145,129 @@ func (c *Cluster) WaitCaughtUp(ctx context.Context, id uint64, timeout time.Dura
 		}
 	}
 }
+
+// DamageWAL flips one byte inside a record in the synced part of stopped
+// member id's newest WAL segment: a record in the middle of what it holds,
+// with records written and synced after it, so the damage cannot pass for
+// a torn tail. It returns the segment and the byte's offset.
+func (c *Cluster) DamageWAL(id uint64) (string, int64, error) {
+	seg, err := c.newestFile(id, "raftexample-"+strconv.FormatUint(id, 10), "*.wal")
+	if err != nil {
+		return "", 0, err
+	}
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	if err != nil {
+		return "", 0, fmt.Errorf("cluster: %w", err)
+	}
+	defer f.Close()
+	var frames [][2]int64 // offset and length of each record
+	for off := int64(0); ; {
+		var hdr [8]byte
+		if _, err := f.ReadAt(hdr[:], off); err != nil {
+			break
+		}
+		v := binary.LittleEndian.Uint64(hdr[:])
+		if v == 0 {
+			break
+		}
+		size, pad := int64(v&0x00ffffffffffffff), int64(0)
+		if v>>63 == 1 {
+			pad = int64(v>>56) & 0x7
+		}
+		frames = append(frames, [2]int64{off, size})
+		off += 8 + size + pad
+	}
+	if len(frames) < 8 {
+		return "", 0, fmt.Errorf("cluster: member %d's segment %s holds only %d records", id, seg, len(frames))
+	}
+	fr := frames[len(frames)/2]
+	at := fr[0] + 8 + fr[1]/2
+	if err := flip(f, at); err != nil {
+		return "", 0, err
+	}
+	c.Logf("damage wal: member %d: flipped byte %d of %s (record %d of %d, at %d)", id, at, filepath.Base(seg), len(frames)/2, len(frames), fr[0])
+	return seg, fr[0], nil
+}
+
+// DamageSnapshot flips one byte in the middle of stopped member id's newest
+// snapshot file; it returns the file, or "" if the member has none.
+func (c *Cluster) DamageSnapshot(id uint64) (string, error) {
+	snap, err := c.newestFile(id, "raftexample-"+strconv.FormatUint(id, 10)+"-snap", "*.snap")
+	if err != nil {
+		return "", nil // no snapshot yet: nothing to damage
+	}
+	f, err := os.OpenFile(snap, os.O_RDWR, 0)
+	if err != nil {
+		return "", fmt.Errorf("cluster: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("cluster: %w", err)
+	}
+	if err := flip(f, fi.Size()/2); err != nil {
+		return "", err
+	}
+	c.Logf("damage snapshot: member %d: flipped byte %d of %s", id, fi.Size()/2, filepath.Base(snap))
+	return snap, nil
+}
+
+func (c *Cluster) newestFile(id uint64, sub, pattern string) (string, error) {
+	n := c.node(id)
+	if n == nil || c.State(id) != Stopped {
+		return "", fmt.Errorf("cluster: damage files of member %d: it must be stopped, it is %v", id, stateOf(n))
+	}
+	names, err := filepath.Glob(filepath.Join(n.dataDir, sub, pattern))
+	if err != nil || len(names) == 0 {
+		return "", fmt.Errorf("cluster: member %d has no %s", id, filepath.Join(sub, pattern))
+	}
+	sort.Strings(names) // fixed-width hex names: newest last
+	return names[len(names)-1], nil
+}
+
+func flip(f *os.File, at int64) error {
+	b := []byte{0}
+	if _, err := f.ReadAt(b, at); err != nil {
+		return fmt.Errorf("cluster: read %s: %w", f.Name(), err)
+	}
+	b[0] ^= 0x5a
+	if _, err := f.WriteAt(b, at); err != nil {
+		return fmt.Errorf("cluster: write %s: %w", f.Name(), err)
+	}
+	return f.Sync()
+}
+
+// RestartRefused starts stopped member id on its data and expects it to
+// refuse: to exit during start after logging a line containing substr.
+// That exit is expected; starting to serve instead is an error.
+func (c *Cluster) RestartRefused(ctx context.Context, id uint64, substr string) error {
+	n := c.node(id)
+	if n == nil || c.State(id) != Stopped {
+		return fmt.Errorf("cluster: cannot restart member %d: it is %v", id, stateOf(n))
+	}
+	said := c.WatchLog(id, substr)
+	c.mu.Lock()
+	n.refusal = substr
+	c.mu.Unlock()
+	c.Logf("restart member %d, expecting it to refuse (%q)", id, substr)
+	if err := c.launch(n); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	exited := n.exited
+	c.mu.Unlock()
+	select {
+	case <-exited:
+	case <-time.After(20 * time.Second):
+		c.Kill(id)
+		return fmt.Errorf("cluster: member %d did not refuse to start within 20s; see %s", id, n.logPath)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-said:
+		return nil
+	default:
+		return fmt.Errorf("cluster: member %d exited without saying %q; see %s", id, substr, n.logPath)
+	}
+}

@@ -104,3 +104,62 @@ func diskFull() *onOne {
 			return c.WaitCaughtUp(ctx, id, 30*time.Second)
 		}}
 }
+
+// bitrotWAL: kill -9 a follower and flip a byte inside a record in the
+// synced part of its newest WAL segment. It must refuse to start, naming
+// the segment ("is damaged"), rather than serve a log it cannot verify.
+// Heal does what the README tells an operator to do: remove it and add a
+// fresh member under a new id, which catches up from the others.
+type bitrotWAL struct{ victim uint64 }
+
+func (*bitrotWAL) Name() string { return "bitrot-wal" }
+
+func (b *bitrotWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	b.victim = 0
+	id, err := follower(ctx, c, rng)
+	if err != nil {
+		return err
+	}
+	if err := c.Kill(id); err != nil {
+		return err
+	}
+	b.victim = id
+	if _, _, err := c.DamageWAL(id); err != nil {
+		return err
+	}
+	return c.RestartRefused(ctx, id, "is damaged")
+}
+
+func (b *bitrotWAL) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if b.victim == 0 || c.State(b.victim) != cluster.Stopped {
+		return nil
+	}
+	if err := c.RemoveNode(ctx, b.victim); err != nil {
+		return err
+	}
+	id, err := c.AddNode(ctx)
+	if err != nil {
+		return err
+	}
+	return c.WaitCaughtUp(ctx, id, 30*time.Second)
+}
+
+// bitrotSnapshot: kill -9 a member and flip a byte in its newest snapshot
+// file. It must set the file aside, start from an older snapshot and the
+// WAL, and catch up.
+func bitrotSnapshot() *onOne {
+	return &onOne{name: "bitrot-snapshot",
+		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error {
+			if err := c.Kill(id); err != nil {
+				return err
+			}
+			_, err := c.DamageSnapshot(id)
+			return err
+		},
+		heal: func(ctx context.Context, c *cluster.Cluster, id uint64) error {
+			if err := restart(ctx, c, id); err != nil {
+				return err
+			}
+			return c.WaitCaughtUp(ctx, id, 30*time.Second)
+		}}
+}

@@ -1,7 +1,10 @@
 // Package nemesis injects faults into a cluster run by package cluster:
 // crashes, pauses, partitions, membership churn, crashes while a snapshot
-// is written or installed from the leader, and torn WAL tails. Each nemesis can run alone or mixed with
-// others on a schedule.
+// is written or installed from the leader, torn WAL tails (this file);
+// power cuts, stalled and full disks (disk.go); slow, flaky and
+// non-transitive networks (network.go); and crashes at the server's named
+// crash points (crash.go). Each nemesis can run alone or mixed with others
+// on a schedule.
 package nemesis
 
 import (
@@ -37,17 +40,20 @@ func NeedsPowerFS(n Nemesis) bool {
 
 // All returns one of each nemesis, by name.
 func All() map[string]Nemesis {
-	m := map[string]Nemesis{}
-	for _, n := range []Nemesis{
+	nems := []Nemesis{
 		kill(false), kill(true), &killMajority{}, pause(false), pause(true),
 		&isolate{}, &split{}, &split{stall: true}, &cutLeader{}, &churn{}, snapshotCrash(), tornWAL(),
 		&snapshotInstall{},
+		// disk.go
 		powerCut("power-cut", one), powerCut("power-cut-majority", majority), powerCut("power-cut-all", all),
-		&snapshotInstall{power: true}, diskStall(), diskFull(),
+		&snapshotInstall{power: true}, diskStall(), diskFull(), &bitrotWAL{}, bitrotSnapshot(),
+		// network.go
 		&weather{name: "slow-network", delay: 50 * time.Millisecond, jitter: 50 * time.Millisecond},
 		&weather{name: "flaky-network", delay: 5 * time.Millisecond, jitter: 5 * time.Millisecond, drop: 0.2},
 		&bridge{},
-	} {
+	}
+	m := map[string]Nemesis{}
+	for _, n := range append(nems, crashPoints()...) {
 		m[n.Name()] = n
 	}
 	return m
@@ -405,26 +411,46 @@ func tornWAL() *onOne {
 //
 // With power set, the kill is a power cut instead (see PowerCut): the
 // member also loses whatever it had not fsynced.
+//
+// With failpoint set, the follower is first restarted with that crash
+// point of the install armed (see crash.go) and kills itself there.
 type snapshotInstall struct {
-	power  bool
-	victim uint64
-	killed bool
+	power     bool
+	failpoint string
+	victim    uint64
+	killed    bool
 }
 
 func (s *snapshotInstall) Name() string {
-	if s.power {
+	switch {
+	case s.power:
 		return "power-cut-snapshot-install"
+	case s.failpoint != "":
+		return "crash-at-" + s.failpoint
 	}
 	return "snapshot-install"
 }
 
 func (s *snapshotInstall) needsPowerFS() bool { return s.power }
 
+func (s *snapshotInstall) needsFailpoints() bool { return s.failpoint != "" }
+
 func (s *snapshotInstall) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
 	s.victim, s.killed = 0, false
 	id, err := follower(ctx, c, rng)
 	if err != nil {
 		return err
+	}
+	var crashed <-chan struct{}
+	if s.failpoint != "" {
+		if err := c.Stop(id); err != nil {
+			return err
+		}
+		s.victim = id
+		crashed = c.WatchLog(id, "failpoint "+s.failpoint+" reached")
+		if err := c.RestartArmed(ctx, id, s.failpoint); err != nil {
+			return err
+		}
 	}
 	if err := c.Isolate(id, cluster.Refuse); err != nil {
 		c.HealLinks()
@@ -458,6 +484,24 @@ func (s *snapshotInstall) Inject(ctx context.Context, c *cluster.Cluster, rng *r
 	<-writes
 	installed := c.WatchLog(id, "installed snapshot from leader")
 	c.HealLinks()
+	if crashed != nil {
+		select {
+		case <-crashed:
+		case <-time.After(15 * time.Second):
+			return fmt.Errorf("member %d did not reach %s within 15s of healing", id, s.failpoint)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		for range 100 { // its exit follows the line by the time the kill takes
+			if c.State(id) == cluster.Stopped {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		s.killed = true
+		c.Logf("member %d crashed at %s", id, s.failpoint)
+		return nil
+	}
 	select {
 	case <-installed:
 	case <-time.After(15 * time.Second):
@@ -482,6 +526,12 @@ func (s *snapshotInstall) Inject(ctx context.Context, c *cluster.Cluster, rng *r
 
 func (s *snapshotInstall) Heal(ctx context.Context, c *cluster.Cluster) error {
 	c.HealLinks()
+	if s.failpoint != "" && s.victim != 0 && c.State(s.victim) == cluster.Running {
+		if err := c.Stop(s.victim); err != nil { // disarm: restart it without the point
+			return err
+		}
+		s.killed = true
+	}
 	if !s.killed {
 		return nil
 	}
