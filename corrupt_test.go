@@ -82,16 +82,37 @@ func walFrames(t *testing.T, path string) (offs, lens []int64) {
 }
 
 func TestProcessDamagedWALRefusesToStart(t *testing.T) {
+	// A record well inside what was synced: its successors were written
+	// (and synced) after it, so this cannot be mistaken for a torn tail.
+	t.Run("data", func(t *testing.T) {
+		refuseDamagedWAL(t, func(t *testing.T, seg string, off, size int64) { flipByte(t, seg, off+8+size/2) })
+	})
+	// A length field that now runs past the end of the segment: etcd's
+	// decoder calls that a torn write, and repairing it would truncate
+	// every synced record after it.
+	t.Run("length", func(t *testing.T) {
+		refuseDamagedWAL(t, func(t *testing.T, seg string, off, size int64) {
+			f, err := os.OpenFile(seg, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.WriteAt(binary.LittleEndian.AppendUint64(nil, 1<<40), off); err != nil {
+				t.Fatal(err)
+			}
+		})
+	})
+}
+
+func refuseDamagedWAL(t *testing.T, damage func(t *testing.T, seg string, off, size int64)) {
 	c, waldir, _ := writeAndStop(t, 80)
 	seg := newest(t, filepath.Join(waldir, "*.wal"))
 	offs, lens := walFrames(t, seg)
 	if len(offs) < 20 {
 		t.Fatalf("segment %s holds only %d records", seg, len(offs))
 	}
-	// A record well inside what was synced: its successors were written
-	// (and synced) after it, so this cannot be mistaken for a torn tail.
 	i := len(offs) / 2
-	flipByte(t, seg, offs[i]+8+lens[i]/2)
+	damage(t, seg, offs[i], lens[i])
 
 	c.start(0)
 	if code := c.procs[0].exitCode(20 * time.Second); code != 1 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
 	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
 )
 
 // The disk: a member's WAL directory and snapshot directory.
@@ -99,6 +101,14 @@ func (rc *raftNode) openWAL() error {
 		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
 			return rc.walDamaged(err)
 		}
+		// etcd's decoder takes any frame that runs past the end of its
+		// segment, or holds an all-zero sector, for a torn write, and
+		// Repair truncates there. A torn write is the last thing in the
+		// log: if whole records follow, a length field was damaged, and
+		// truncating would throw away records that were synced.
+		if seg, off, ok := recordsAfterTear(rc.cfg.waldir); ok {
+			return rc.walDamaged(fmt.Errorf("%w: records follow the frame at byte %d of %s, so it is damage, not a torn write", err, off, seg))
+		}
 		rc.lg.Warn("wal ends in a torn write (crash during a write); repairing", zap.String("dir", rc.cfg.waldir))
 		if !wal.Repair(rc.lg, rc.cfg.waldir) {
 			return fmt.Errorf("repair wal %s: %w", rc.cfg.waldir, err)
@@ -161,6 +171,60 @@ func locateWALDamage(dir string) (path string, off int64, err error) {
 		}
 	}
 	return "", 0, nil
+}
+
+// recordsAfterTear finds the frame of the newest segment that does not
+// decode and reports whether whole WAL records follow it: a chain of at
+// least two frames, 8-byte aligned as the encoder writes them, each a
+// record of a known type, ending where the written bytes end. Inside a
+// torn write no such chain can be found (it is one partial record and then
+// preallocated zeros).
+func recordsAfterTear(dir string) (seg string, off int64, follow bool) {
+	names, err := fileutil.ListFiles(dir, func(n string) bool { return strings.HasSuffix(n, ".wal") })
+	if err != nil || len(names) == 0 {
+		return "", 0, false
+	}
+	slices.Sort(names)
+	seg = names[len(names)-1]
+	off, err = verifySegment(seg)
+	if err == nil {
+		return "", 0, false
+	}
+	b, err := os.ReadFile(seg)
+	if err != nil {
+		return "", 0, false
+	}
+	end := len(b) // one past the last non-zero byte
+	for end > 0 && b[end-1] == 0 {
+		end--
+	}
+	for p := (off + 8 + 7) &^ 7; p+8 <= int64(end); p += 8 {
+		if framesReachEnd(b, p, int64(end)) {
+			return seg, off, true
+		}
+	}
+	return seg, off, false
+}
+
+func framesReachEnd(b []byte, p, end int64) bool {
+	n := 0
+	for p < end {
+		v := binary.LittleEndian.Uint64(b[p:])
+		size, pad := int64(v&0x00ffffffffffffff), int64(0)
+		if v>>63 == 1 {
+			pad = int64(v>>56) & 0x7
+		}
+		if v == 0 || size > int64(len(b))-p-8-pad {
+			return false
+		}
+		rec := &walpb.Record{}
+		if proto.Unmarshal(b[p+8:p+8+size], rec) != nil || rec.GetType() < wal.MetadataType || rec.GetType() > wal.SnapshotType {
+			return false
+		}
+		p += 8 + size + pad
+		n++
+	}
+	return n >= 2
 }
 
 func verifySegment(path string) (int64, error) {
