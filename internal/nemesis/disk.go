@@ -24,6 +24,11 @@ func all(members, _ int) int      { return members }
 // at once, with writes in flight (see cluster.PowerCut: kill -9, then the
 // loss of everything not fsynced); restart them on heal. What was
 // acknowledged was fsynced by a majority, so it must all be there.
+//
+// When some members survive, they are first cut off for a moment while the
+// victims go on committing, so that writes acknowledged just before the
+// cut are on the victims' disks only: a member that acknowledged before its
+// fsync loses them, and nothing else holds them.
 type powerCutter struct {
 	name    string
 	count   victims
@@ -40,9 +45,19 @@ func (p *powerCutter) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.
 	members := c.IDs(cluster.Running, cluster.Paused, cluster.Stopped)
 	running := c.IDs(cluster.Running)
 	rng.Shuffle(len(running), func(i, j int) { running[i], running[j] = running[j], running[i] })
-	p.victims = running[:min(len(running), p.count(len(members), len(running)))]
+	n := min(len(running), p.count(len(members), len(running)))
+	p.victims = running[:n]
 	if len(p.victims) == 0 {
 		return errors.New("no running member to cut")
+	}
+	if survivors := running[n:]; len(p.victims) > len(members)/2 && len(survivors) > 0 {
+		for _, id := range survivors {
+			if err := c.Isolate(id, cluster.Refuse); err != nil {
+				return err
+			}
+		}
+		sleep(ctx, 300*time.Millisecond)
+		defer c.HealLinks()
 	}
 	return c.PowerCut(p.victims...)
 }
@@ -110,12 +125,15 @@ func diskFull() *onOne {
 // the segment ("is damaged"), rather than serve a log it cannot verify.
 // Heal does what the README tells an operator to do: remove it and add a
 // fresh member under a new id, which catches up from the others.
-type bitrotWAL struct{ victim uint64 }
+type bitrotWAL struct {
+	victim  uint64
+	refused error // how the restart on the damaged WAL went wrong, if it did
+}
 
 func (*bitrotWAL) Name() string { return "bitrot-wal" }
 
 func (b *bitrotWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
-	b.victim = 0
+	b.victim, b.refused = 0, nil
 	id, err := follower(ctx, c, rng)
 	if err != nil {
 		return err
@@ -127,10 +145,16 @@ func (b *bitrotWAL) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Ra
 	if _, _, err := c.DamageWAL(id); err != nil {
 		return err
 	}
-	return c.RestartRefused(ctx, id, "is damaged")
+	// A wrong answer here is the member's failure, not the nemesis's: Heal
+	// reports it, and that fails the run.
+	b.refused = c.RestartRefused(ctx, id, "is damaged")
+	return nil
 }
 
 func (b *bitrotWAL) Heal(ctx context.Context, c *cluster.Cluster) error {
+	if b.refused != nil {
+		return fmt.Errorf("on a damaged wal: %w", b.refused)
+	}
 	if b.victim == 0 || c.State(b.victim) != cluster.Stopped {
 		return nil
 	}
