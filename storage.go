@@ -98,6 +98,9 @@ func (rc *raftNode) openWAL() error {
 			break
 		}
 		w.Close()
+		if errors.Is(err, wal.ErrSliceOutOfRange) {
+			return rc.walGap(start, err)
+		}
 		if repaired || !errors.Is(err, io.ErrUnexpectedEOF) {
 			return rc.walDamaged(err)
 		}
@@ -149,6 +152,22 @@ func (rc *raftNode) walDamaged(readErr error) error {
 	}
 	return fmt.Errorf("wal %s is damaged: %s; read error: %w; this member cannot verify its log and will not start: %s",
 		rc.cfg.waldir, where, readErr, rc.rebuildAdvice())
+}
+
+// walGap explains a WAL whose entries do not follow on from the snapshot
+// it was opened at. That happens when the newest snapshot failed its
+// checksum (etcd's snap package set it aside as *.broken) and the member
+// fell back to an older one, but the WAL does not reach back that far: a
+// snapshot installed from the leader skipped the entries in between, or
+// they were purged. Nothing on this disk holds the state in between.
+func (rc *raftNode) walGap(start *walpb.Snapshot, readErr error) error {
+	broken, _ := filepath.Glob(filepath.Join(rc.cfg.snapdir, "*.snap.broken"))
+	from := "no snapshot"
+	if start.GetIndex() > 0 {
+		from = "snapshot " + rc.snapName(start.GetTerm(), start.GetIndex())
+	}
+	return fmt.Errorf("cannot rebuild the state: damaged snapshot files set aside %v; the wal %s does not follow on from the next older one (%s): %w; this member cannot verify its state and will not start: %s",
+		broken, rc.cfg.waldir, from, readErr, rc.rebuildAdvice())
 }
 
 func (rc *raftNode) rebuildAdvice() string {
@@ -273,6 +292,10 @@ func (rc *raftNode) checkDisk(start *walpb.Snapshot, st *raftpb.HardState, ents 
 		rc.cfg.waldir, st.GetCommit(), last, loaded, describeSnapFiles(files))
 
 	if st.GetCommit() > last {
+		if broken, _ := filepath.Glob(filepath.Join(rc.cfg.snapdir, "*.snap.broken")); len(broken) > 0 {
+			return fmt.Errorf("cannot rebuild the state: damaged snapshot files set aside %v, and what is left (%s) does not reach the commit index; this member cannot verify its state and will not start: %s",
+				broken, rc.diskState, rc.rebuildAdvice())
+		}
 		return fmt.Errorf("wal and snapshots disagree: %s; the commit index is beyond the last entry, so a snapshot or wal segment this member relied on is missing or was not synced; remove this member (DELETE /%d on another member) and add it back with an empty data dir",
 			rc.diskState, rc.cfg.id)
 	}

@@ -209,6 +209,7 @@ func runScenario(t *testing.T, sc scenario) {
 	}()
 	if err := nemesis.Schedule(wctx, c, rand.New(rand.NewPCG(seed, seed)), nems, sc.faultFor, sc.healFor); err != nil {
 		r.fail("%v", err)
+		stop() // the run has failed: do not let the workload go on for the rest of its time
 	}
 	<-ran
 

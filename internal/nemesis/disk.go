@@ -158,32 +158,65 @@ func (b *bitrotWAL) Heal(ctx context.Context, c *cluster.Cluster) error {
 	if b.victim == 0 || c.State(b.victim) != cluster.Stopped {
 		return nil
 	}
-	if err := c.RemoveNode(ctx, b.victim); err != nil {
-		return err
-	}
-	id, err := c.AddNode(ctx)
-	if err != nil {
-		return err
-	}
-	return c.WaitCaughtUp(ctx, id, 30*time.Second)
+	return replace(ctx, c, b.victim)
 }
 
 // bitrotSnapshot: kill -9 a member and flip a byte in its newest snapshot
-// file. It must set the file aside, start from an older snapshot and the
-// WAL, and catch up.
-func bitrotSnapshot() *onOne {
-	return &onOne{name: "bitrot-snapshot",
-		strike: func(_ context.Context, c *cluster.Cluster, id uint64) error {
-			if err := c.Kill(id); err != nil {
-				return err
-			}
-			_, err := c.DamageSnapshot(id)
+// file. It must set the file aside and start from an older snapshot and
+// the WAL, or, when the WAL does not reach back to one (a snapshot from
+// the leader skipped the entries between), refuse to start saying it
+// cannot rebuild the state. Heal waits for the first to catch up, and
+// replaces the second with a fresh member, as an operator would.
+type bitrotSnapshot struct {
+	victim  uint64
+	refused bool
+	failed  error
+}
+
+func (*bitrotSnapshot) Name() string { return "bitrot-snapshot" }
+
+func (b *bitrotSnapshot) Inject(ctx context.Context, c *cluster.Cluster, rng *rand.Rand) error {
+	b.victim, b.refused, b.failed = 0, false, nil
+	id, err := pick(ctx, c, rng, false)
+	if err != nil {
+		return err
+	}
+	if err := c.Kill(id); err != nil {
+		return err
+	}
+	b.victim = id
+	if _, err := c.DamageSnapshot(id); err != nil {
+		return err
+	}
+	b.refused, b.failed = c.RestartMayRefuse(ctx, id, "cannot rebuild the state")
+	return nil
+}
+
+func (b *bitrotSnapshot) Heal(ctx context.Context, c *cluster.Cluster) error {
+	switch {
+	case b.failed != nil:
+		return fmt.Errorf("on a damaged snapshot: %w", b.failed)
+	case b.victim == 0:
+		return nil
+	case b.refused:
+		return replace(ctx, c, b.victim)
+	case c.State(b.victim) == cluster.Stopped:
+		if err := restart(ctx, c, b.victim); err != nil {
 			return err
-		},
-		heal: func(ctx context.Context, c *cluster.Cluster, id uint64) error {
-			if err := restart(ctx, c, id); err != nil {
-				return err
-			}
-			return c.WaitCaughtUp(ctx, id, 30*time.Second)
-		}}
+		}
+	}
+	return c.WaitCaughtUp(ctx, b.victim, 30*time.Second)
+}
+
+// replace removes a member that cannot start and adds a fresh one, which
+// catches up from the others.
+func replace(ctx context.Context, c *cluster.Cluster, id uint64) error {
+	if err := c.RemoveNode(ctx, id); err != nil {
+		return err
+	}
+	added, err := c.AddNode(ctx)
+	if err != nil {
+		return err
+	}
+	return c.WaitCaughtUp(ctx, added, 30*time.Second)
 }

@@ -46,7 +46,7 @@ func All() map[string]Nemesis {
 		&snapshotInstall{},
 		// disk.go
 		powerCut("power-cut", one), powerCut("power-cut-majority", majority), powerCut("power-cut-all", all),
-		&snapshotInstall{power: true}, diskStall(), diskFull(), &bitrotWAL{}, bitrotSnapshot(),
+		&snapshotInstall{power: true}, diskStall(), diskFull(), &bitrotWAL{}, &bitrotSnapshot{},
 		// network.go
 		&weather{name: "slow-network", delay: 50 * time.Millisecond, jitter: 50 * time.Millisecond},
 		&weather{name: "flaky-network", delay: 5 * time.Millisecond, jitter: 5 * time.Millisecond, drop: 0.2},
