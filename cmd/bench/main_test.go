@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
@@ -158,21 +157,7 @@ func TestNothingSucceeds(t *testing.T) {
 }
 
 func TestRealCluster(t *testing.T) {
-	dir := t.TempDir()
-	bin, err := cluster.Build(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Binary: bin, Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Leader(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := cluster.StartTest(t, cluster.Options{})
 	eps := strings.Join(c.ClientURLs(), ",")
 	for _, args := range [][]string{
 		{"--op", "put", "--verify"},

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 
@@ -103,21 +102,7 @@ func TestStaleReadsAreCaught(t *testing.T) {
 }
 
 func TestRealClusterPasses(t *testing.T) {
-	dir := t.TempDir()
-	bin, err := cluster.Build(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Binary: bin, Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Leader(ctx); err != nil {
-		t.Fatal(err)
-	}
+	c := cluster.StartTest(t, cluster.Options{})
 	code, out := check(t, "--endpoints", strings.Join(c.ClientURLs(), ","), "--duration", "2s", "--clients", "4")
 	if code != exitOK || !strings.Contains(out, "LINEARIZABLE") {
 		t.Fatalf("exit %d:\n%s", code, out)

@@ -16,21 +16,9 @@ import (
 // damaged, nothing local can rebuild the state: it must refuse to start,
 // saying so and naming the file, never start on the older state.
 func TestDamagedInstalledSnapshotIsRefused(t *testing.T) {
-	dir := t.TempDir()
-	bin, err := cluster.Build(dir, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := cluster.StartTest(t, cluster.Options{SnapshotCount: 50})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c, err := cluster.Start(ctx, cluster.Options{Binary: bin, Dir: dir, SnapshotCount: 50})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if _, err := c.Leader(ctx); err != nil {
-		t.Fatal(err)
-	}
 	si := &snapshotInstall{}
 	if err := si.Inject(ctx, c, rand.New(rand.NewPCG(1, 2))); err != nil || !si.killed {
 		t.Fatalf("no follower killed right after a snapshot install: %v", err)
