@@ -39,6 +39,7 @@ type httpAPI struct {
 	requestTimeout  time.Duration
 	maxRequestBytes int64
 	limits          limits
+	ops             opsConfig
 	// stopping is closed when the server begins to shut down: watches end.
 	stopping <-chan struct{}
 	watchers atomic.Int64 // watches being served
@@ -53,6 +54,10 @@ const allowedMethods = "GET, HEAD, PUT, POST, DELETE"
 func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if isV1(r) {
 		h.serveV1(w, r)
+		return
+	}
+	if isOpsRoute(r.URL.Path) {
+		h.serveOps(w, r) // health.go
 		return
 	}
 	key := strings.TrimPrefix(r.URL.Path, "/")

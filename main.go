@@ -43,6 +43,7 @@ type config struct {
 	limits          limits
 	watchHistory    int
 	logLevel        zapcore.Level
+	enablePprof     bool
 }
 
 const envPrefix = "RAFTEXAMPLE_"
@@ -71,6 +72,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	maxWatchers := fs.Int("max-watchers", 1000, "watches (long polls and streams) one member serves at once")
 	maxWatchWait := fs.Duration("max-watch-wait", 5*time.Minute, "longest ?timeout of a long-poll watch (the default is 60s or this, if shorter)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	enablePprof := fs.Bool("enable-pprof", false, "serve Go profiles under /debug/pprof/ on the client API")
 	fs.Usage = func() {} // errors are reported in one line by the caller
 
 	if err := fs.Parse(args); err != nil {
@@ -105,7 +107,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
-		watchHistory: *watchHistory,
+		watchHistory: *watchHistory, enablePprof: *enablePprof,
 	}
 	seen := map[string]bool{}
 	for _, u := range strings.Split(*cluster, ",") {
@@ -270,7 +272,8 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		stopc:   stopc,
 		api: &http.Server{
 			Handler: &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
-				maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc},
+				maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
+				ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof}},
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),

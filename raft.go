@@ -98,6 +98,7 @@ type raftNode struct {
 
 	stopc    chan struct{} // closed by stop: every goroutine below returns
 	removedC chan struct{} // closed when a peer tells us we were removed
+	lastTick atomic.Int64  // when the ready loop last ticked raft (unix ns); read by /livez
 	stopOnce sync.Once
 	wg       sync.WaitGroup
 }
@@ -255,6 +256,7 @@ func (rc *raftNode) readyLoop() {
 		select {
 		case <-ticker.C:
 			rc.node.Tick()
+			rc.lastTick.Store(time.Now().UnixNano())
 		case err := <-rc.transport.ErrorC:
 			rc.lg.Warn("a peer reports that this member was removed from the cluster", zap.Error(err))
 			close(rc.removedC)
@@ -585,6 +587,16 @@ func (rc *raftNode) ReportUnreachable(id uint64) {
 }
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	rc.node.ReportSnapshot(id, status)
+}
+
+// loopAge is how long ago the ready loop last ticked raft; a loop stuck
+// in a write or fsync stops ticking.
+func (rc *raftNode) loopAge() time.Duration {
+	last := rc.lastTick.Load()
+	if last == 0 {
+		return 0 // not started yet
+	}
+	return time.Since(time.Unix(0, last))
 }
 
 // What the state machine asks of raft (raftCalls, peerSet).

@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// The operator routes at the root, in the style of etcd and Kubernetes.
+// Their names are reserved: keys with these names (or under debug/) are
+// reachable only through /v1/kv.
+//
+//	GET /livez                      the process and its raft loop are alive
+//	GET /readyz[?linearizable=true] has a leader and has applied what it knows is committed
+//	                                (and, with linearizable, completes a ReadIndex round)
+//	GET /metrics                    Prometheus metrics
+//	GET /debug/pprof/...            Go profiles, with --enable-pprof
+const debugPrefix = "/debug/"
+
+func isOpsRoute(path string) bool {
+	switch path {
+	case "/livez", "/readyz", "/metrics":
+		return true
+	}
+	return strings.HasPrefix(path, debugPrefix)
+}
+
+// opsConfig is what the operator routes need beyond the store.
+type opsConfig struct {
+	loopAge     func() time.Duration
+	stalledFor  time.Duration // a raft loop that has not ticked for this long is not alive
+	enablePprof bool
+}
+
+func (h *httpAPI) serveOps(w http.ResponseWriter, r *http.Request) {
+	if !h.methods(w, r, http.MethodGet, http.MethodHead) {
+		return
+	}
+	switch p := r.URL.Path; {
+	case p == "/livez":
+		if _, ok := h.query(w, r); !ok {
+			return
+		}
+		if age := h.ops.loopAge(); age > h.ops.stalledFor {
+			http.Error(w, fmt.Sprintf("not alive: the raft loop has not ticked for %v (stuck in a disk write or fsync?)", age.Round(time.Millisecond)), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	case p == "/readyz":
+		h.readyz(w, r)
+	case p == "/metrics":
+		promhttp.Handler().ServeHTTP(w, r)
+	case !h.ops.enablePprof:
+		http.Error(w, "no such route "+p+": profiling is off; start the member with --enable-pprof", http.StatusNotFound)
+	case p == "/debug/pprof/cmdline":
+		pprof.Cmdline(w, r)
+	case p == "/debug/pprof/profile":
+		pprof.Profile(w, r)
+	case p == "/debug/pprof/symbol":
+		pprof.Symbol(w, r)
+	case p == "/debug/pprof/trace":
+		pprof.Trace(w, r)
+	case strings.HasPrefix(p, "/debug/pprof/"):
+		pprof.Index(w, r) // the index, and named profiles: heap, goroutine, allocs, ...
+	default:
+		http.Error(w, "no such route "+p, http.StatusNotFound)
+	}
+}
+
+func (h *httpAPI) readyz(w http.ResponseWriter, r *http.Request) {
+	q, ok := h.query(w, r, "linearizable")
+	if !ok {
+		return
+	}
+	linearizable := false
+	switch v := q.Get("linearizable"); v {
+	case "", "false":
+	case "true":
+		linearizable = true
+	default:
+		http.Error(w, "linearizable must be true or false, not "+v, http.StatusBadRequest)
+		return
+	}
+	notReady := func(format string, args ...any) {
+		http.Error(w, "not ready: "+fmt.Sprintf(format, args...), http.StatusServiceUnavailable)
+	}
+	st := h.raftStatus()
+	if st.Lead == 0 {
+		notReady("no leader known (term %d)", st.HardState.GetTerm())
+		return
+	}
+	if applied, _ := h.store.Applied(); applied < st.HardState.GetCommit() {
+		notReady("applied up to index %d of the %d known committed", applied, st.HardState.GetCommit())
+		return
+	}
+	if linearizable {
+		ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+		defer cancel()
+		if err := h.store.sync(ctx, true); err != nil {
+			notReady("no linearizable read: %v", err)
+			return
+		}
+	}
+	fmt.Fprintln(w, "ok")
+}

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestHealthAndMetricsRoutes(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.leader()
+	for i := range 3 {
+		if r := do(t, "GET", c.url(i, "/livez"), ""); r.code != 200 || strings.TrimSpace(r.body) != "ok" {
+			t.Fatalf("member %d /livez: %d %q", i+1, r.code, r.body)
+		}
+		eventually(t, 10*time.Second, func() error {
+			if r := do(t, "GET", c.url(i, "/readyz?linearizable=true"), ""); r.code != 200 {
+				return &httpErr{r}
+			}
+			return nil
+		})
+		if r := do(t, "GET", c.url(i, "/readyz"), ""); r.code != 200 {
+			t.Fatalf("member %d /readyz: %d %q", i+1, r.code, r.body)
+		}
+	}
+	for _, tc := range []struct {
+		method, path string
+		code         int
+		says         string
+	}{
+		{"GET", "/readyz?linearizable=maybe", 400, "true or false"},
+		{"GET", "/readyz?verbose=1", 400, "unknown query parameter"},
+		{"GET", "/livez?x=1", 400, "unknown query parameter"},
+		{"POST", "/livez", 405, "not allowed"},
+		{"PUT", "/metrics", 405, "not allowed"},
+		{"GET", "/debug/pprof/", 404, "--enable-pprof"},
+		{"GET", "/metrics", 200, "etcd_disk_wal_fsync_duration_seconds"},
+		{"GET", "/metrics", 200, "go_goroutines"},
+	} {
+		if r := do(t, tc.method, c.url(0, tc.path), ""); r.code != tc.code || !strings.Contains(r.body, tc.says) {
+			t.Errorf("%s %s: %d %q; want %d with %q", tc.method, tc.path, r.code, r.body, tc.code, tc.says)
+		}
+	}
+	// The names are reserved at the root only: such keys live on under /v1/kv.
+	if r := do(t, "PUT", c.url(0, "/v1/kv/livez"), "still a key"); r.code != 200 {
+		t.Fatalf("PUT /v1/kv/livez: %d %q", r.code, r.body)
+	}
+	if r := do(t, "GET", c.url(1, "/v1/kv/livez?consistency=linearizable"), ""); r.code != 200 || r.body != "still a key" {
+		t.Fatalf("GET /v1/kv/livez: %d %q", r.code, r.body)
+	}
+
+	// Without a quorum: alive, not ready, and says why.
+	lead := c.leader()
+	for i := range 3 {
+		if i != lead {
+			c.stop(i)
+		}
+	}
+	eventually(t, 10*time.Second, func() error {
+		if r := do(t, "GET", c.url(lead, "/readyz"), ""); r.code != 503 || !strings.Contains(r.body, "no leader") {
+			return &httpErr{r}
+		}
+		return nil
+	})
+	if r := do(t, "GET", c.url(lead, "/livez"), ""); r.code != 200 {
+		t.Fatalf("/livez without a quorum: %d %q", r.code, r.body)
+	}
+	if r := do(t, "GET", c.url(lead, "/readyz?linearizable=true"), ""); r.code != 503 || !strings.Contains(r.body, "not ready") {
+		t.Fatalf("/readyz?linearizable=true without a quorum: %d %q", r.code, r.body)
+	}
+}
+
+type httpErr struct{ r response }
+
+func (e *httpErr) Error() string { return e.r.body }
+
+func TestLivezReportsAStuckRaftLoop(t *testing.T) {
+	h := &httpAPI{ops: opsConfig{loopAge: func() time.Duration { return 7 * time.Second }, stalledFor: 2 * time.Second}}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, httptest.NewRequest("GET", "/livez", nil))
+	if w.Code != http.StatusServiceUnavailable || !strings.Contains(w.Body.String(), "has not ticked for 7s") {
+		t.Fatalf("/livez with a stuck loop: %d %q", w.Code, w.Body)
+	}
+}
+
+func TestPprofWhenEnabled(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *config) { cfg.enablePprof = true })
+	c.leader()
+	if r := do(t, "GET", c.url(0, "/debug/pprof/"), ""); r.code != 200 || !strings.Contains(r.body, "goroutine") {
+		t.Fatalf("/debug/pprof/: %d %q", r.code, r.body[:min(200, len(r.body))])
+	}
+	if r := do(t, "GET", c.url(0, "/debug/pprof/goroutine?debug=1"), ""); r.code != 200 || !strings.Contains(r.body, "readyLoop") {
+		t.Fatalf("/debug/pprof/goroutine: %d", r.code)
+	}
+}
