@@ -2,13 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // The operator routes at the root, in the style of etcd and Kubernetes.
@@ -35,6 +39,7 @@ type opsConfig struct {
 	loopAge     func() time.Duration
 	stalledFor  time.Duration // a raft loop that has not ticked for this long is not alive
 	enablePprof bool
+	level       *zap.AtomicLevel // nil: this process's log level cannot be changed
 }
 
 func (h *httpAPI) serveOps(w http.ResponseWriter, r *http.Request) {
@@ -107,4 +112,43 @@ func (h *httpAPI) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	fmt.Fprintln(w, "ok")
+}
+
+// logLevel serves GET and PUT /v1/log-level: this member's log level, as
+// {"level": "info"}. A change applies to this member only, at once, and
+// lasts until it restarts (--log-level then applies again).
+func (h *httpAPI) logLevel(w http.ResponseWriter, r *http.Request) {
+	if !h.methods(w, r, http.MethodGet, http.MethodHead, http.MethodPut) {
+		return
+	}
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	if h.ops.level == nil {
+		h.reject(w, r, http.StatusNotImplemented, "not_supported", "this process's log level is fixed")
+		return
+	}
+	if r.Method == http.MethodPut {
+		body, ok := h.readBody(w, r)
+		if !ok {
+			return
+		}
+		var req struct {
+			Level *string `json:"level"`
+		}
+		if err := json.Unmarshal(body, &req); err != nil || req.Level == nil {
+			h.reject(w, r, http.StatusBadRequest, "bad_request", `want {"level": "debug" | "info" | "warn" | "error"}`)
+			return
+		}
+		lvl, err := zapcore.ParseLevel(*req.Level)
+		if err != nil || lvl < zapcore.DebugLevel || lvl > zapcore.ErrorLevel {
+			h.reject(w, r, http.StatusBadRequest, "bad_request", "level must be debug, info, warn or error, not "+strconv.Quote(*req.Level))
+			return
+		}
+		if old := h.ops.level.Level(); old != lvl {
+			h.ops.level.SetLevel(lvl)
+			h.lg.Warn("log level changed", zap.Stringer("from", old), zap.Stringer("to", lvl))
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"level": h.ops.level.Level().String()})
 }

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 func TestHealthAndMetricsRoutes(t *testing.T) {
@@ -93,5 +96,43 @@ func TestPprofWhenEnabled(t *testing.T) {
 	}
 	if r := do(t, "GET", c.url(0, "/debug/pprof/goroutine?debug=1"), ""); r.code != 200 || !strings.Contains(r.body, "readyLoop") {
 		t.Fatalf("/debug/pprof/goroutine: %d", r.code)
+	}
+}
+
+func TestLogLevelAtRunTime(t *testing.T) {
+	level := zap.NewAtomicLevelAt(zapcore.InfoLevel)
+	c := newTestCluster(t, 1, func(cfg *config) { cfg.level = &level })
+	c.leader()
+	u := c.url(0, "/v1/log-level")
+	if r := do(t, "GET", u, ""); r.code != 200 || strings.TrimSpace(r.body) != `{"level":"info"}` {
+		t.Fatalf("GET: %d %q", r.code, r.body)
+	}
+	if r := do(t, "PUT", u, `{"level":"debug"}`); r.code != 200 || strings.TrimSpace(r.body) != `{"level":"debug"}` || level.Level() != zapcore.DebugLevel {
+		t.Fatalf("PUT debug: %d %q, level now %v", r.code, r.body, level.Level())
+	}
+	for _, tc := range []struct {
+		method, path, body string
+		code               int
+		says               string
+	}{
+		{"PUT", "/v1/log-level", `{"level":"loud"}`, 400, "debug, info, warn or error"},
+		{"PUT", "/v1/log-level", `{"level":"fatal"}`, 400, "debug, info, warn or error"},
+		{"PUT", "/v1/log-level", `debug`, 400, `{\"level\"`},
+		{"PUT", "/v1/log-level", `{}`, 400, "bad_request"},
+		{"POST", "/v1/log-level", `{"level":"info"}`, 405, "not allowed"},
+		{"GET", "/v1/log-level?x=1", "", 400, "unknown query parameter"},
+	} {
+		if r := do(t, tc.method, c.url(0, tc.path), tc.body); r.code != tc.code || !strings.Contains(r.body, tc.says) {
+			t.Errorf("%s %s %s: %d %q; want %d with %q", tc.method, tc.path, tc.body, r.code, r.body, tc.code, tc.says)
+		}
+	}
+	if level.Level() != zapcore.DebugLevel {
+		t.Fatalf("a refused change changed the level to %v", level.Level())
+	}
+
+	fixed := newTestCluster(t, 1, nil)
+	fixed.leader()
+	if r := do(t, "PUT", fixed.url(0, "/v1/log-level"), `{"level":"debug"}`); r.code != 501 {
+		t.Fatalf("a process with a fixed level: %d %q", r.code, r.body)
 	}
 }

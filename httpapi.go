@@ -87,6 +87,8 @@ func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
 		}
 	case p == versionedPrefix+"kv" || strings.HasPrefix(p, kvPrefix):
 		h.serveKV(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"kv"), "/"))
+	case p == versionedPrefix+"log-level":
+		h.logLevel(w, r) // health.go
 	case p == versionedPrefix+"txn":
 		if h.methods(w, r, http.MethodPost) {
 			h.txn(w, r)

@@ -43,6 +43,7 @@ type config struct {
 	limits          limits
 	watchHistory    int
 	logLevel        zapcore.Level
+	level           *zap.AtomicLevel // the logger's level, changeable at run time; nil: fixed
 	enablePprof     bool
 }
 
@@ -172,7 +173,9 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 		fmt.Fprintf(stderr, "raftexample: %v (see raftexample --help)\n", err)
 		return 2
 	}
-	lg := newLogger(cfg.logLevel, stderr)
+	level := zap.NewAtomicLevelAt(cfg.logLevel)
+	cfg.level = &level // PUT /v1/log-level changes it
+	lg := newLogger(level, stderr)
 	defer lg.Sync()
 
 	s, err := startServer(lg, cfg)
@@ -202,7 +205,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	return 0
 }
 
-func newLogger(level zapcore.Level, w io.Writer) *zap.Logger {
+func newLogger(level zapcore.LevelEnabler, w io.Writer) *zap.Logger {
 	enc := zap.NewProductionEncoderConfig()
 	enc.EncodeTime = zapcore.ISO8601TimeEncoder
 	core := zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.Lock(zapcore.AddSync(w)), level)
@@ -273,7 +276,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		api: &http.Server{
 			Handler: &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 				maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
-				ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof}},
+				ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level}},
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),
