@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -135,4 +137,45 @@ func TestLogLevelAtRunTime(t *testing.T) {
 	if r := do(t, "PUT", fixed.url(0, "/v1/log-level"), `{"level":"debug"}`); r.code != 501 {
 		t.Fatalf("a process with a fixed level: %d %q", r.code, r.body)
 	}
+}
+
+func TestOwnMetrics(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.snapshotCount = 20 })
+	lead := c.leader()
+	for i := range 30 {
+		if r := do(t, "PUT", c.url(lead, fmt.Sprintf("/m%d", i)), "v"); r.code != 204 {
+			t.Fatalf("PUT: %d %q", r.code, r.body)
+		}
+	}
+	if r := do(t, "GET", c.url((lead+1)%3, "/m1"), ""); r.code != 200 {
+		t.Fatalf("GET: %d %q", r.code, r.body)
+	}
+	do(t, "GET", c.url(lead, "/v1/kv/nope"), "")
+	if r := do(t, "GET", c.url(lead, "/v1/kv/?prefix=m&wait=true&index=1&timeout=1s"), ""); r.code != 200 {
+		t.Fatalf("watch: %d %q", r.code, r.body)
+	}
+	eventually(t, 10*time.Second, func() error {
+		body := do(t, "GET", c.url(lead, "/metrics"), "").body
+		for _, want := range []string{
+			`raftexample_http_request_duration_seconds_count{code="2xx",route="root_put"} 30`,
+			`raftexample_http_request_duration_seconds_count{code="4xx",route="v1_kv_get"} 1`,
+			`raftexample_http_request_duration_seconds_count{code="2xx",route="v1_watch"} 1`,
+			`raftexample_proposals_total{result="applied"}`,
+			`raftexample_has_leader 1`,
+			`raftexample_read_index_duration_seconds_count`,
+			`raftexample_snapshot_duration_seconds_count`,
+			`raftexample_watch_events_sent_total`,
+			`raftexample_proposals_pending 0`,
+		} {
+			if !strings.Contains(body, want) {
+				return fmt.Errorf("/metrics lacks %q", want)
+			}
+		}
+		for _, name := range []string{"raftexample_applied_index", "raftexample_committed_index", "raftexample_snapshot_size_bytes"} {
+			if !regexp.MustCompile(`(?m)^` + name + ` [1-9]`).MatchString(body) {
+				return fmt.Errorf("/metrics: %s is not positive", name)
+			}
+		}
+		return nil
+	})
 }

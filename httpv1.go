@@ -694,6 +694,8 @@ func (h *httpAPI) watch(w http.ResponseWriter, r *http.Request, q url.Values, ke
 		return
 	}
 	defer h.watchers.Add(-1)
+	metricWatchers.Inc()
+	defer metricWatchers.Dec()
 	match := keyMatcher(key, prefix)
 	if wantsStream(r) {
 		h.stream(w, r, index, match)
@@ -733,6 +735,7 @@ func (h *httpAPI) watchAnswer(w http.ResponseWriter, upTo uint64, evs []event) {
 	}
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(upTo, 10))
 	writeJSON(w, http.StatusOK, reply)
+	metricWatchEvents.Add(float64(len(evs)))
 }
 
 func (h *httpAPI) compacted(w http.ResponseWriter, r *http.Request, index, oldest uint64) {
@@ -778,6 +781,7 @@ func (h *httpAPI) stream(w http.ResponseWriter, r *http.Request, index uint64, m
 			if _, err := fmt.Fprintf(w, "id: %d\ndata: %s\n\n", evs[0].index, data); err != nil {
 				return
 			}
+			metricWatchEvents.Add(float64(n))
 			evs = evs[n:]
 		}
 		if err := rc.Flush(); err != nil {

@@ -202,6 +202,7 @@ func (s *kvstore) applyCommit(c *commit) {
 		s.apply(e)
 	}
 	s.mu.Lock()
+	metricApplied.Set(float64(s.applied))
 	close(s.appliedCh)
 	s.appliedCh = make(chan struct{})
 	s.mu.Unlock()
@@ -385,7 +386,12 @@ func (s *kvstore) Apply(ctx context.Context, o *op) (result, error) {
 	return s.propose(ctx, o.reqID, proposal{data: appendOp(nil, o)})
 }
 
-func (s *kvstore) propose(ctx context.Context, id uint64, p proposal) (result, error) {
+func (s *kvstore) propose(ctx context.Context, id uint64, p proposal) (res result, err error) {
+	metricProposalsPending.Inc()
+	defer func() {
+		metricProposalsPending.Dec()
+		metricProposals.WithLabelValues(proposalResult(err)).Inc()
+	}()
 	ch := s.waits.register(id)
 	p.ctx = ctx
 	p.done = func(err error) { s.waits.trigger(id, result{err: err}) }

@@ -220,6 +220,7 @@ type server struct {
 	kv      *kvstore
 	rn      *raftNode
 	api     *http.Server
+	h       *httpAPI // api's handler, under the metrics wrapper
 	apiLn   net.Listener
 	removed chan struct{} // closed when this member learns it was removed
 
@@ -269,14 +270,16 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	}
 
 	stopc := make(chan struct{})
+	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
+		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
+		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level}}
 	s := &server{
+		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,
 		removed: make(chan struct{}),
 		stopc:   stopc,
 		api: &http.Server{
-			Handler: &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
-				maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
-				ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level}},
+			Handler:           instrument(h),
 			ReadHeaderTimeout: 10 * time.Second,
 			IdleTimeout:       2 * time.Minute,
 			ErrorLog:          zap.NewStdLog(lg),

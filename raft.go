@@ -272,6 +272,12 @@ func (rc *raftNode) readyLoop() {
 				isLeader = rd.SoftState.RaftState == raft.StateLeader
 				if old != rd.SoftState.Lead {
 					rc.lg.Info("leader changed", zap.Uint64("from", old), zap.Uint64("to", rd.SoftState.Lead), zap.Stringer("state", rd.SoftState.RaftState))
+					metricLeaderChanges.Inc()
+					hasLeader := 0.0
+					if rd.SoftState.Lead != 0 {
+						hasLeader = 1
+					}
+					metricHasLeader.Set(hasLeader)
 				}
 			}
 			// The leader may send while it writes its own log (raft thesis
@@ -286,6 +292,9 @@ func (rc *raftNode) readyLoop() {
 				rc.snapMu.Lock()
 				rc.persistSnapshot(rd.Snapshot)
 				snapToApply = rd.Snapshot
+			}
+			if !raft.IsEmptyHardState(rd.HardState) {
+				metricCommitted.Set(float64(rd.HardState.GetCommit()))
 			}
 			failpoint("wal-save-before")
 			if err := rc.wal.Save(rd.HardState, rd.Entries); err != nil {
@@ -531,7 +540,9 @@ func (rc *raftNode) readLoop() {
 				break drain
 			}
 		}
+		start := time.Now()
 		index, err := rc.readIndexRound()
+		metricReadIndex.Observe(time.Since(start).Seconds())
 		for _, ch := range batch {
 			ch <- readResult{index: index, err: err}
 		}

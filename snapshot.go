@@ -177,6 +177,8 @@ func (s *kvstore) maybeSnapshot() {
 			}
 			s.lg.Fatal("cannot save snapshot", zap.Uint64("index", index), zap.Error(err))
 		}
+		metricSnapshotSeconds.Observe(time.Since(start).Seconds())
+		metricSnapshotBytes.Set(float64(len(data)))
 		s.lg.Info("saved snapshot", zap.Uint64("index", index), zap.Int("keys", st.keys.Len()),
 			zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
 	}()

@@ -162,7 +162,7 @@ func TestV1WatchHistoryAndLimits(t *testing.T) {
 			resp.Body.Close()
 		}
 	}()
-	api := c.nodes[0].api.Handler.(*httpAPI)
+	api := c.nodes[0].h
 	eventually(t, 5*time.Second, func() error {
 		if n := api.watchers.Load(); n != 1 {
 			return fmt.Errorf("%d watchers", n)

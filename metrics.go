@@ -1,0 +1,151 @@
+package main
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The server's own Prometheus metrics, beside what etcd's rafthttp, wal and
+// snap packages and the Go collectors put in the default registry. They are
+// process-wide: one member per process, as the binary runs (in-process test
+// clusters share them).
+var (
+	metricRequests = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "raftexample", Name: "http_request_duration_seconds",
+		Help:    "Client API requests by route and status class (watches last as long as they wait).",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18), // 100µs .. 13s
+	}, []string{"route", "code"})
+	metricProposals = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "proposals_total",
+		Help: "Writes and membership changes proposed by this member, by how they ended: applied, or failed (with the outcome unknown or refused).",
+	}, []string{"result"})
+	metricProposalsPending = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "proposals_pending",
+		Help: "Proposals of this member waiting to be applied.",
+	})
+	metricLeaderChanges = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "leader_changes_total",
+		Help: "Leader changes seen by this member (to no leader included).",
+	})
+	metricHasLeader = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "has_leader",
+		Help: "1 if this member knows a leader, else 0.",
+	})
+	metricReadIndex = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "raftexample", Name: "read_index_duration_seconds",
+		Help:    "ReadIndex rounds (one serves every linearizable read waiting for it), until a quorum confirmed the commit index or the round failed.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+	})
+	metricCommitted = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "committed_index",
+		Help: "Highest log index this member knows committed.",
+	})
+	metricApplied = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "applied_index",
+		Help: "Highest log index this member's state machine has applied (apply lag: committed_index - applied_index).",
+	})
+	metricSnapshotSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "raftexample", Name: "snapshot_duration_seconds",
+		Help:    "Taking a snapshot: encoding it and making file and WAL record durable.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	})
+	metricSnapshotBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "snapshot_size_bytes",
+		Help: "Size of the newest snapshot this member took.",
+	})
+	metricWatchers = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "watchers",
+		Help: "Watches (long polls and streams) being served.",
+	})
+	metricWatchEvents = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "watch_events_sent_total",
+		Help: "Events sent to watchers.",
+	})
+)
+
+func init() {
+	prometheus.MustRegister(metricRequests, metricProposals, metricProposalsPending, metricLeaderChanges,
+		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
+		metricSnapshotBytes, metricWatchers, metricWatchEvents)
+}
+
+// proposalResult labels how a proposal ended.
+func proposalResult(err error) string {
+	switch {
+	case err == nil:
+		return "applied"
+	case classify(err).outcome == outcomeUnknown:
+		return "unknown"
+	}
+	return "refused"
+}
+
+// instrument times every request by route (a fixed set, so that the label
+// never grows with keys) and status class.
+func instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		metricRequests.WithLabelValues(routeLabel(r), strconv.Itoa(sw.status/100)+"xx").Observe(time.Since(start).Seconds())
+	})
+}
+
+func routeLabel(r *http.Request) string {
+	p := r.URL.Path
+	switch {
+	case strings.HasPrefix(p, versionedPrefix):
+		rest := strings.TrimPrefix(p, versionedPrefix)
+		first, _, _ := strings.Cut(rest, "/")
+		switch first {
+		case "kv":
+			if wantsStream(r) || r.URL.Query().Get("wait") == "true" {
+				return "v1_watch"
+			}
+			return "v1_kv_" + strings.ToLower(r.Method)
+		case "txn", "status", "log-level":
+			return "v1_" + first
+		}
+		return "v1_other"
+	case isOpsRoute(p):
+		if strings.HasPrefix(p, debugPrefix) {
+			return "debug"
+		}
+		return strings.TrimPrefix(p, "/")
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		return "root_get"
+	case http.MethodPut:
+		return "root_put"
+	case http.MethodPost, http.MethodDelete:
+		return "root_member"
+	}
+	return "root_other"
+}
+
+// statusWriter records the status a handler sent. Unwrap lets
+// http.ResponseController reach the real writer (Flush, for streams).
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.status, w.wrote = code, true
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
