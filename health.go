@@ -40,6 +40,8 @@ type opsConfig struct {
 	stalledFor  time.Duration // a raft loop that has not ticked for this long is not alive
 	enablePprof bool
 	level       *zap.AtomicLevel // nil: this process's log level cannot be changed
+	// transferLeadership asks raft to move leadership (raft.Node's).
+	transferLeadership func(ctx context.Context, lead, to uint64)
 }
 
 func (h *httpAPI) serveOps(w http.ResponseWriter, r *http.Request) {

@@ -87,6 +87,10 @@ func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
 		}
 	case p == versionedPrefix+"kv" || strings.HasPrefix(p, kvPrefix):
 		h.serveKV(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"kv"), "/"))
+	case p == versionedPrefix+"members":
+		h.members(w, r) // httpops.go
+	case p == versionedPrefix+"leader/transfer":
+		h.transferLeader(w, r)
 	case p == versionedPrefix+"log-level":
 		h.logLevel(w, r) // health.go
 	case p == versionedPrefix+"txn":

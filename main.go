@@ -272,7 +272,8 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	stopc := make(chan struct{})
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
-		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level}}
+		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
+			transferLeadership: rn.transferLeadership}}
 	s := &server{
 		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,

@@ -107,7 +107,7 @@ func routeLabel(r *http.Request) string {
 				return "v1_watch"
 			}
 			return "v1_kv_" + strings.ToLower(r.Method)
-		case "txn", "status", "log-level":
+		case "txn", "status", "log-level", "members", "leader":
 			return "v1_" + first
 		}
 		return "v1_other"

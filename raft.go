@@ -644,6 +644,13 @@ func (rc *raftNode) removePeer(id uint64) {
 // leader returns the current leader's id, 0 if none is known.
 func (rc *raftNode) leader() uint64 { return rc.lead.Load() }
 
+// transferLeadership asks raft to hand leadership from lead to to; a
+// follower forwards the request to the leader. raft gives up after an
+// election timeout if to has not caught up by then.
+func (rc *raftNode) transferLeadership(ctx context.Context, lead, to uint64) {
+	rc.node.TransferLeadership(ctx, lead, to)
+}
+
 // status asks the raft goroutine for its state; zero once raft has stopped.
 func (rc *raftNode) status() raft.Status { return rc.node.Status() }
 

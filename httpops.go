@@ -1,0 +1,166 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/tracker"
+)
+
+// Membership and leadership as an operator sees them:
+//
+//	GET  /v1/members           every member; the leader adds each one's progress
+//	POST /v1/leader/transfer   {"to": id}: move leadership, answer once it moved
+
+type memberJSON struct {
+	ID      uint64 `json:"id"`
+	PeerURL string `json:"peer_url"`
+	Voter   bool   `json:"voter"`
+	Leader  bool   `json:"leader"`
+	// From the leader's view only (absent on other members):
+	Match     *uint64 `json:"match,omitempty"`     // highest index known to be on it
+	Lag       *uint64 `json:"lag,omitempty"`       // the leader's last index minus match
+	Reachable *bool   `json:"reachable,omitempty"` // heard from within an election timeout
+}
+
+type membersReply struct {
+	Member  uint64       `json:"member"` // who answered
+	Leader  uint64       `json:"leader"` // 0: none known
+	View    string       `json:"view"`   // "leader": progress included; "follower": it is not
+	Members []memberJSON `json:"members"`
+}
+
+func (h *httpAPI) members(w http.ResponseWriter, r *http.Request) {
+	if !h.methods(w, r, http.MethodGet, http.MethodHead) {
+		return
+	}
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	st := h.raftStatus()
+	reply := membersReply{Member: st.ID, Leader: st.Lead, View: "follower", Members: []memberJSON{}}
+	isLeader := st.RaftState == raft.StateLeader
+	if isLeader {
+		reply.View = "leader"
+	}
+	last := h.logBounds().last
+	for id, u := range h.store.Members() {
+		m := memberJSON{ID: id, PeerURL: u, Voter: true, Leader: id == st.Lead}
+		if pr, ok := st.Progress[id]; ok && isLeader {
+			match, reachable := pr.Match, pr.RecentActive || id == st.ID
+			lag := uint64(0)
+			if last > match {
+				lag = last - match
+			}
+			m.Match, m.Lag, m.Reachable = &match, &lag, &reachable
+			m.Voter = !pr.IsLearner
+		}
+		reply.Members = append(reply.Members, m)
+	}
+	slices.SortFunc(reply.Members, func(a, b memberJSON) int { return cmp.Compare(a.ID, b.ID) })
+	writeJSON(w, http.StatusOK, reply)
+}
+
+var errTransfer = errors.New("leadership transfer")
+
+func (h *httpAPI) transferLeader(w http.ResponseWriter, r *http.Request) {
+	if !h.methods(w, r, http.MethodPost) {
+		return
+	}
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	body, ok := h.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		To *uint64 `json:"to"`
+	}
+	if len(body) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			h.reject(w, r, http.StatusBadRequest, "bad_request", `want {"to": <member id>}, or no body for the most caught-up voter: `+err.Error())
+			return
+		}
+	}
+	st := h.raftStatus()
+	if st.Lead == 0 {
+		h.fail(w, r, errNoLeader)
+		return
+	}
+	to, ok := h.transferTarget(w, r, st, req.To)
+	if !ok {
+		return
+	}
+	if to == st.Lead {
+		writeJSON(w, http.StatusOK, map[string]any{"leader": to, "moved": false, "message": "member " + strconv.FormatUint(to, 10) + " is the leader already"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	from := st.Lead
+	if err := h.transfer(ctx, from, to); err != nil {
+		h.reject(w, r, http.StatusServiceUnavailable, "transfer_failed", fmt.Sprintf("leadership did not move from %d to %d within %v (%v): the target may be down or too far behind to catch up in an election timeout; see GET /v1/members on the leader", from, to, h.requestTimeout, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"leader": to, "moved": true, "from": from})
+}
+
+// transferTarget checks a named target, or picks the most caught-up voter
+// other than the leader (only the leader knows who that is).
+func (h *httpAPI) transferTarget(w http.ResponseWriter, r *http.Request, st raft.Status, named *uint64) (uint64, bool) {
+	members := h.store.Members()
+	if named != nil {
+		if _, ok := members[*named]; !ok {
+			h.reject(w, r, http.StatusBadRequest, "no_such_member", fmt.Sprintf("member %d is not in the cluster; see GET /v1/members", *named))
+			return 0, false
+		}
+		return *named, true
+	}
+	if st.RaftState != raft.StateLeader {
+		h.reject(w, r, http.StatusBadRequest, "bad_request", fmt.Sprintf(`name the new leader ({"to": <id>}), or send this to the leader (member %d), which knows who is most caught up`, st.Lead))
+		return 0, false
+	}
+	var best uint64
+	var bestPr tracker.Progress
+	for id, pr := range st.Progress {
+		if id == st.ID || pr.IsLearner || !pr.RecentActive {
+			continue
+		}
+		if best == 0 || pr.Match > bestPr.Match || (pr.Match == bestPr.Match && id < best) {
+			best, bestPr = id, pr
+		}
+	}
+	if best == 0 {
+		h.reject(w, r, http.StatusConflict, "no_candidate", "no other voter is reachable to take over leadership")
+		return 0, false
+	}
+	return best, true
+}
+
+// transfer asks raft to hand leadership from lead to to (a follower
+// forwards the request to the leader) and waits until this member sees the
+// new leader.
+func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
+	h.ops.transferLeadership(ctx, lead, to)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if h.raftStatus().Lead == to {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", errTransfer, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMembersView(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	do(t, "PUT", c.url(lead, "/a"), "1")
+	var got membersReply
+	eventually(t, 5*time.Second, func() error {
+		got = decodeJSON[membersReply](t, do(t, "GET", c.url(lead, "/v1/members"), ""))
+		for _, m := range got.Members {
+			if m.Reachable == nil || !*m.Reachable {
+				return fmt.Errorf("member %d not reachable yet", m.ID)
+			}
+		}
+		return nil
+	})
+	if got.View != "leader" || got.Leader != uint64(lead+1) || len(got.Members) != 3 {
+		t.Fatalf("from the leader: %+v", got)
+	}
+	for i, m := range got.Members {
+		if m.ID != uint64(i+1) || m.PeerURL != c.peers[i] || !m.Voter || m.Leader != (i == lead) || m.Match == nil || *m.Match == 0 || m.Lag == nil || *m.Lag > 10 {
+			t.Fatalf("member %d from the leader: %+v", i+1, m)
+		}
+	}
+	f := (lead + 1) % 3
+	fv := decodeJSON[membersReply](t, do(t, "GET", c.url(f, "/v1/members"), ""))
+	if fv.View != "follower" || fv.Leader != uint64(lead+1) || len(fv.Members) != 3 || fv.Members[0].Match != nil {
+		t.Fatalf("from a follower: %+v", fv)
+	}
+	if r := do(t, "DELETE", c.url(f, "/v1/members"), ""); r.code != 405 {
+		t.Fatalf("DELETE /v1/members: %d", r.code)
+	}
+}
+
+func TestLeaderTransfer(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	u := func(i int) string { return c.url(i, "/v1/leader/transfer") }
+	for _, tc := range []struct {
+		member int
+		method string
+		body   string
+		code   int
+		says   string
+	}{
+		{lead, "GET", "", 405, "not allowed"},
+		{lead, "POST", `{"to": 99}`, 400, "not in the cluster"},
+		{lead, "POST", `{"to": "two"}`, 400, "bad_request"},
+		{(lead + 1) % 3, "POST", "", 400, "send this to the leader"},
+		{lead, "POST", fmt.Sprintf(`{"to": %d}`, lead+1), 200, `"moved":false`},
+	} {
+		if r := do(t, tc.method, u(tc.member), tc.body); r.code != tc.code || !strings.Contains(r.body, tc.says) {
+			t.Errorf("%s %s on member %d: %d %q; want %d with %q", tc.method, tc.body, tc.member+1, r.code, r.body, tc.code, tc.says)
+		}
+	}
+
+	// Named, sent to a follower (raft forwards it to the leader).
+	to := (lead + 1) % 3
+	r := do(t, "POST", u((lead+2)%3), fmt.Sprintf(`{"to": %d}`, to+1))
+	if r.code != 200 || !strings.Contains(r.body, `"moved":true`) {
+		t.Fatalf("transfer to %d: %d %q", to+1, r.code, r.body)
+	}
+	if now := c.leader(); now != to {
+		t.Fatalf("leader is %d after a transfer to %d", now+1, to+1)
+	}
+	// Unnamed, on the leader: the most caught-up other voter.
+	r = do(t, "POST", u(to), "")
+	if r.code != 200 || !strings.Contains(r.body, `"moved":true`) {
+		t.Fatalf("transfer to the most caught-up voter: %d %q", r.code, r.body)
+	}
+	if now := c.leader(); now == to {
+		t.Fatalf("leadership stayed on %d", to+1)
+	}
+	// To a member that is down: it cannot take over, and the answer says so.
+	lead = c.leader()
+	down := (lead + 1) % 3
+	c.stop(down)
+	r = do(t, "POST", u(lead), fmt.Sprintf(`{"to": %d}`, down+1))
+	if r.code != 503 || !strings.Contains(r.body, "transfer_failed") {
+		t.Fatalf("transfer to a stopped member: %d %q", r.code, r.body)
+	}
+	if r := do(t, "PUT", c.url(lead, "/after"), "ok"); r.code != 204 {
+		t.Fatalf("writes after a failed transfer: %d %q", r.code, r.body)
+	}
+}
