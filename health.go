@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,7 +45,48 @@ type opsConfig struct {
 	level       *zap.AtomicLevel // nil: this process's log level cannot be changed
 	// transferLeadership asks raft to move leadership (raft.Node's).
 	transferLeadership func(ctx context.Context, lead, to uint64)
+	waldir, snapdir    string    // for the sizes in /v1/status
+	started            time.Time // for the uptime in /v1/status
 }
+
+// dirBytes adds up the sizes of the files in dir (0 if it cannot be read).
+func dirBytes(dir string) int64 {
+	if dir == "" {
+		return 0
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() {
+			n += fi.Size()
+		}
+	}
+	return n
+}
+
+// version names this build: the module version and VCS revision Go
+// stamped into it, and the Go version.
+var version = sync.OnceValue(func() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "raftexample (unknown build)"
+	}
+	v := "raftexample " + bi.Main.Version
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			v += " " + s.Value[:min(12, len(s.Value))]
+		case "vcs.modified":
+			if s.Value == "true" {
+				v += "+dirty"
+			}
+		}
+	}
+	return v + " " + bi.GoVersion
+})
 
 func (h *httpAPI) serveOps(w http.ResponseWriter, r *http.Request) {
 	if !h.methods(w, r, http.MethodGet, http.MethodHead) {

@@ -179,3 +179,25 @@ func TestOwnMetrics(t *testing.T) {
 		return nil
 	})
 }
+
+func TestStatusSizesVersionUptime(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *config) { cfg.snapshotCount = 5 })
+	c.leader()
+	for i := range 10 {
+		do(t, "PUT", c.url(0, fmt.Sprintf("/s%d", i)), "v")
+	}
+	eventually(t, 5*time.Second, func() error {
+		st := decodeJSON[statusReply](t, do(t, "GET", c.url(0, "/v1/status"), ""))
+		switch {
+		case st.WALBytes <= 0:
+			return fmt.Errorf("walBytes %d", st.WALBytes)
+		case st.SnapBytes <= 0:
+			return fmt.Errorf("snapBytes %d after snapshots", st.SnapBytes)
+		case !strings.HasPrefix(st.Version, "raftexample ") || !strings.Contains(st.Version, "go1."):
+			return fmt.Errorf("version %q", st.Version)
+		case st.Uptime <= 0 || st.Uptime > 600:
+			return fmt.Errorf("uptime %v", st.Uptime)
+		}
+		return nil
+	})
+}

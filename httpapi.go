@@ -141,6 +141,10 @@ type statusReply struct {
 	LastIndex uint64         `json:"lastIndex"` // last entry persisted here
 	Keys      int            `json:"keys"`
 	Members   []statusMember `json:"members"`
+	WALBytes  int64          `json:"walBytes"`  // files in the WAL dir (segments are preallocated)
+	SnapBytes int64          `json:"snapBytes"` // files in the snapshot dir
+	Version   string         `json:"version"`
+	Uptime    float64        `json:"uptimeSeconds"`
 }
 
 type statusMember struct {
@@ -156,6 +160,7 @@ func (h *httpAPI) status(w http.ResponseWriter) {
 		ID: st.ID, Leader: st.Lead, Term: st.HardState.GetTerm(), RaftState: raftStateName(st.RaftState),
 		Commit: st.HardState.GetCommit(), Applied: applied, Snapshot: lb.snapshot, Compacted: lb.compacted, LastIndex: lb.last,
 		Keys: keys, Members: []statusMember{},
+		WALBytes: dirBytes(h.ops.waldir), SnapBytes: dirBytes(h.ops.snapdir), Version: version(), Uptime: time.Since(h.ops.started).Seconds(),
 	}
 	for id, u := range h.store.Members() {
 		reply.Members = append(reply.Members, statusMember{ID: id, PeerURL: u})
@@ -242,6 +247,9 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText st
 	id, ok := parseMemberID(w, idText, "DELETE /<id> with a member id")
 	if !ok {
 		return
+	}
+	if st := h.raftStatus(); id == st.Lead && len(h.store.Members()) > 1 {
+		h.moveLeaderOff(r.Context(), st) // httpops.go
 	}
 	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) })
 }

@@ -13,6 +13,7 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/tracker"
+	"go.uber.org/zap"
 )
 
 // Membership and leadership as an operator sees them:
@@ -163,4 +164,34 @@ func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// moveLeaderOff hands leadership away from the leader before it is
+// removed, so that writes see a transfer instead of an election timeout.
+// A follower takes it over itself (it answers this request, so it is up);
+// the leader gives it to the most caught-up reachable voter. If that does
+// not work out in time, the removal goes ahead and an election follows.
+func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) {
+	to := st.ID
+	if st.ID == st.Lead {
+		to = 0
+		var best uint64
+		for id, pr := range st.Progress {
+			if id != st.ID && !pr.IsLearner && pr.RecentActive && (to == 0 || pr.Match > best) {
+				to, best = id, pr.Match
+			}
+		}
+		if to == 0 {
+			h.lg.Warn("removing the leader with no other reachable voter to take over; an election will follow")
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, h.requestTimeout/2)
+	defer cancel()
+	if err := h.transfer(ctx, st.Lead, to); err != nil {
+		h.lg.Warn("could not move leadership off the member being removed; an election will follow",
+			zap.Uint64("leader", st.Lead), zap.Uint64("to", to), zap.Error(err))
+		return
+	}
+	h.lg.Info("moved leadership off the member being removed", zap.Uint64("from", st.Lead), zap.Uint64("to", to))
 }

@@ -90,3 +90,35 @@ func TestLeaderTransfer(t *testing.T) {
 		t.Fatalf("writes after a failed transfer: %d %q", r.code, r.body)
 	}
 }
+
+// Removing the leader hands leadership over first, whether the request
+// reaches a follower (which takes over) or the leader itself.
+func TestRemovingTheLeaderTransfersFirst(t *testing.T) {
+	for _, onLeader := range []bool{false, true} {
+		t.Run(fmt.Sprintf("on-leader-%v", onLeader), func(t *testing.T) {
+			c := newTestCluster(t, 3, nil)
+			lead := c.leader()
+			via := (lead + 1) % 3
+			if onLeader {
+				via = lead
+			}
+			if r := do(t, "DELETE", c.url(via, fmt.Sprintf("/%d", lead+1)), ""); r.code != 204 {
+				t.Fatalf("DELETE /%d: %d %q", lead+1, r.code, r.body)
+			}
+			select {
+			case <-c.nodes[lead].removed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the removed leader did not learn it was removed")
+			}
+			if !strings.Contains(c.log.String(), "moved leadership off the member being removed") {
+				t.Fatal("the leader was removed without handing leadership over first")
+			}
+			c.stop(lead)
+			now := c.leader()
+			if now == lead {
+				t.Fatalf("member %d still leads after its removal", lead+1)
+			}
+			c.mustPut(now, "after", "removal")
+		})
+	}
+}

@@ -273,7 +273,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
 		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
-			transferLeadership: rn.transferLeadership}}
+			transferLeadership: rn.transferLeadership, waldir: base, snapdir: base + "-snap", started: time.Now()}}
 	s := &server{
 		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,

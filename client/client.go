@@ -292,6 +292,10 @@ type Status struct {
 		ID      uint64 `json:"id"`
 		PeerURL string `json:"peerURL"`
 	} `json:"members"`
+	WALBytes  int64   `json:"walBytes"`
+	SnapBytes int64   `json:"snapBytes"`
+	Version   string  `json:"version"`
+	Uptime    float64 `json:"uptimeSeconds"`
 }
 
 // Status asks the member for its view of the cluster.
