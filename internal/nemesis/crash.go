@@ -84,18 +84,22 @@ func (p *crashPoint) Heal(ctx context.Context, c *cluster.Cluster) error {
 }
 
 // changeMembers makes every member apply a membership change: it adds a
-// member, or removes the one it added last time (never the armed one).
+// member, or, once the cluster has grown past three, removes one it added
+// (never the armed one), so the cluster does not grow run after run.
 func changeMembers() func(ctx context.Context, c *cluster.Cluster, id uint64) error {
-	var added uint64
+	var added []uint64
 	return func(ctx context.Context, c *cluster.Cluster, id uint64) error {
-		if added != 0 && added != id && c.State(added) == cluster.Running {
-			err := c.RemoveNode(ctx, added)
-			added = 0
-			return err
+		if len(c.IDs(cluster.Running, cluster.Paused, cluster.Stopped)) > 3 {
+			for i, a := range added {
+				if a != id && c.State(a) == cluster.Running {
+					added = append(added[:i], added[i+1:]...)
+					return c.RemoveNode(ctx, a)
+				}
+			}
 		}
 		n, err := c.AddNode(ctx)
 		if err == nil {
-			added = n
+			added = append(added, n)
 		}
 		return err
 	}
