@@ -52,6 +52,8 @@ var (
 		"cannot remove the only member of the cluster"}
 	errRejectedChange = &reqError{"invalid_change", http.StatusBadRequest, outcomeInvalid,
 		"membership change rejected"}
+	errNotLearner = &reqError{"not_learner", http.StatusConflict, outcomeInvalid,
+		"member is a voter already"}
 )
 
 // errInternal stands for any error not in the table: a bug or a disk

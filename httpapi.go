@@ -87,8 +87,8 @@ func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
 		}
 	case p == versionedPrefix+"kv" || strings.HasPrefix(p, kvPrefix):
 		h.serveKV(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"kv"), "/"))
-	case p == versionedPrefix+"members":
-		h.members(w, r) // httpops.go
+	case p == versionedPrefix+"members" || strings.HasPrefix(p, versionedPrefix+"members/"):
+		h.serveMembers(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"members"), "/")) // httpops.go
 	case p == versionedPrefix+"leader/transfer":
 		h.transferLeader(w, r)
 	case p == versionedPrefix+"log-level":
@@ -237,7 +237,7 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText strin
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.AddMember(ctx, id, peerURL) })
+	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.AddMember(ctx, id, peerURL, false) })
 }
 
 func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText string) {

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/raft/v3"
@@ -18,8 +19,124 @@ import (
 
 // Membership and leadership as an operator sees them:
 //
-//	GET  /v1/members           every member; the leader adds each one's progress
-//	POST /v1/leader/transfer   {"to": id}: move leadership, answer once it moved
+//	GET    /v1/members               every member; the leader adds each one's progress
+//	POST   /v1/members               {"id": n, "peer_url": u, "learner": b}: add one (id optional)
+//	DELETE /v1/members/<id>          remove one (the leader hands over leadership first)
+//	POST   /v1/members/<id>/promote  make a learner a voter, once it has caught up
+//	POST   /v1/leader/transfer       {"to": id}: move leadership, answer once it moved
+
+// maxPromoteLag is how far behind the leader's log a learner may be and
+// still be promoted: a voter that far behind would hold up commits.
+const maxPromoteLag = 1000
+
+func (h *httpAPI) serveMembers(w http.ResponseWriter, r *http.Request, rest string) {
+	idText, action, _ := strings.Cut(rest, "/")
+	switch {
+	case rest == "" && r.Method == http.MethodPost:
+		h.addMemberV1(w, r)
+	case rest == "":
+		h.members(w, r)
+	case action == "" || action == "promote":
+		id, err := strconv.ParseUint(idText, 10, 64)
+		if err != nil || id == 0 {
+			h.reject(w, r, http.StatusBadRequest, "bad_member_id", "member id must be a decimal number greater than 0, not "+strconv.Quote(idText))
+			return
+		}
+		if action == "promote" {
+			if h.methods(w, r, http.MethodPost) {
+				h.promote(w, r, id)
+			}
+			return
+		}
+		if !h.methods(w, r, http.MethodDelete) {
+			return
+		}
+		if _, ok := h.query(w, r); !ok {
+			return
+		}
+		if st := h.raftStatus(); id == st.Lead && len(h.store.Members()) > 1 {
+			h.moveLeaderOff(r.Context(), st)
+		}
+		h.changed(w, r, http.StatusOK, id, func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) })
+	default:
+		h.reject(w, r, http.StatusNotFound, "no_route", "no such route "+strconv.Quote(r.URL.Path)+"; see /v1/members/<id> and /v1/members/<id>/promote")
+	}
+}
+
+func (h *httpAPI) addMemberV1(w http.ResponseWriter, r *http.Request) {
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	body, ok := h.readBody(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		ID      *uint64 `json:"id"`
+		PeerURL string  `json:"peer_url"`
+		Learner bool    `json:"learner"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		h.reject(w, r, http.StatusBadRequest, "bad_request", `want {"peer_url": "http://host:port", "learner": true, "id": <optional>}: `+err.Error())
+		return
+	}
+	if err := validatePeerURL(req.PeerURL); err != nil {
+		h.reject(w, r, http.StatusBadRequest, "bad_peer_url", err.Error())
+		return
+	}
+	id := h.store.members.highestID() + 1
+	if req.ID != nil {
+		if *req.ID == 0 {
+			h.reject(w, r, http.StatusBadRequest, "bad_member_id", "member id must be greater than 0")
+			return
+		}
+		id = *req.ID
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	index, err := h.store.AddMember(ctx, id, req.PeerURL, req.Learner)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "peer_url": req.PeerURL, "learner": req.Learner, "index": index})
+}
+
+// promote makes a learner a voter, once the leader sees it caught up.
+func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request, id uint64) {
+	if _, ok := h.query(w, r); !ok {
+		return
+	}
+	st := h.raftStatus()
+	if st.RaftState != raft.StateLeader {
+		h.reject(w, r, http.StatusConflict, "not_leader", fmt.Sprintf("send this to the leader (member %d): only it knows how far behind the learner is", st.Lead))
+		return
+	}
+	if pr, ok := st.Progress[id]; ok && pr.IsLearner {
+		last := h.logBounds().last
+		// Replicating (not probing, nor waiting for a snapshot), heard
+		// from lately, and near the end of the log.
+		if lag := last - min(last, pr.Match); lag > maxPromoteLag || pr.Match == 0 || !pr.RecentActive || pr.State != tracker.StateReplicate {
+			h.reject(w, r, http.StatusConflict, "learner_behind", fmt.Sprintf("learner %d is %d entries behind the leader (at most %d to promote; replication state %v, reachable %v); retry once it has caught up", id, lag, maxPromoteLag, pr.State, pr.RecentActive))
+			return
+		}
+	}
+	h.changed(w, r, http.StatusOK, id, func(ctx context.Context) (uint64, error) { return h.store.PromoteMember(ctx, id) })
+}
+
+// changed runs a membership change and answers {"id", "index"} as JSON.
+func (h *httpAPI) changed(w http.ResponseWriter, r *http.Request, status int, id uint64, change func(context.Context) (uint64, error)) {
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	index, err := change(ctx)
+	if err != nil {
+		h.fail(w, r, err)
+		return
+	}
+	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
+	writeJSON(w, status, map[string]any{"id": id, "index": index})
+}
 
 type memberJSON struct {
 	ID      uint64 `json:"id"`
@@ -53,8 +170,9 @@ func (h *httpAPI) members(w http.ResponseWriter, r *http.Request) {
 		reply.View = "leader"
 	}
 	last := h.logBounds().last
+	learners := h.store.members.learnerSet()
 	for id, u := range h.store.Members() {
-		m := memberJSON{ID: id, PeerURL: u, Voter: true, Leader: id == st.Lead}
+		m := memberJSON{ID: id, PeerURL: u, Voter: !learners[id], Leader: id == st.Lead}
 		if pr, ok := st.Progress[id]; ok && isLeader {
 			match, reachable := pr.Match, pr.RecentActive || id == st.ID
 			lag := uint64(0)
@@ -62,7 +180,6 @@ func (h *httpAPI) members(w http.ResponseWriter, r *http.Request) {
 				lag = last - match
 			}
 			m.Match, m.Lag, m.Reachable = &match, &lag, &reachable
-			m.Voter = !pr.IsLearner
 		}
 		reply.Members = append(reply.Members, m)
 	}

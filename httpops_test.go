@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -120,5 +121,116 @@ func TestRemovingTheLeaderTransfersFirst(t *testing.T) {
 			}
 			c.mustPut(now, "after", "removal")
 		})
+	}
+}
+
+// A learner gets the log but no vote until promoted; it stays a learner
+// across restarts and snapshots; promotion waits until it has caught up.
+func TestLearnerAddPromoteRemove(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.snapshotCount = 25 })
+	lead := c.leader()
+	for i := range 40 {
+		c.mustPut(i%3, "l"+strconv.Itoa(i), strconv.Itoa(i))
+	}
+	newPeer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	r := do(t, "POST", c.url((lead+1)%3, "/v1/members"), fmt.Sprintf(`{"peer_url": %q, "learner": true}`, newPeer))
+	if r.code != 201 || !strings.Contains(r.body, `"id":4`) || !strings.Contains(r.body, `"learner":true`) {
+		t.Fatalf("POST /v1/members (learner): %d %q", r.code, r.body)
+	}
+	// listed reports whether member i lists member id, and as a voter.
+	listed := func(i, id int) (found, voter bool) {
+		t.Helper()
+		for _, m := range decodeJSON[membersReply](t, do(t, "GET", c.url(i, "/v1/members"), "")).Members {
+			if m.ID == uint64(id) {
+				return true, m.Voter
+			}
+		}
+		return false, false
+	}
+	voter := func(i, id int) bool { _, v := listed(i, id); return v }
+	eventually(t, 5*time.Second, func() error {
+		for i := range 3 {
+			if found, v := listed(i, 4); !found || v {
+				return fmt.Errorf("member %d lists 4: %v, as a voter: %v", i+1, found, v)
+			}
+		}
+		return nil
+	})
+	// Not started yet, so far behind: no promotion.
+	if r := do(t, "POST", c.url(lead, "/v1/members/4/promote"), ""); r.code != 409 || !strings.Contains(r.body, "learner_behind") {
+		t.Fatalf("promoting a learner that never started: %d %q", r.code, r.body)
+	}
+	// With the learner down, the three voters still commit.
+	c.mustPut(lead, "while-learning", "yes")
+
+	c.addConfig(4, append(append([]string{}, c.peers...), newPeer), true, func(cfg *config) { cfg.snapshotCount = 25 })
+	c.start(3)
+	eventually(t, 10*time.Second, func() error {
+		if r := do(t, "GET", c.url(3, "/while-learning?consistency=serializable"), ""); r.code != 200 {
+			return fmt.Errorf("learner: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	for _, tc := range []struct {
+		member int
+		method string
+		path   string
+		code   int
+		says   string
+	}{
+		{(lead + 1) % 3, "POST", "/v1/members/4/promote", 409, "not_leader"},
+		{lead, "POST", "/v1/members/2/promote", 409, "not_learner"},
+		{lead, "POST", "/v1/members/9/promote", 404, "no_such_member"},
+		{lead, "POST", "/v1/members/x/promote", 400, "bad_member_id"},
+		{lead, "GET", "/v1/members/4/promote", 405, "not allowed"},
+		{lead, "POST", "/v1/members/4/demote", 404, "no_route"},
+		{lead, "DELETE", "/v1/members/9", 404, "no_such_member"},
+	} {
+		if r := do(t, tc.method, c.url(tc.member, tc.path), ""); r.code != tc.code || !strings.Contains(r.body, tc.says) {
+			t.Errorf("%s %s on member %d: %d %q; want %d with %q", tc.method, tc.path, tc.member+1, r.code, r.body, tc.code, tc.says)
+		}
+	}
+	for _, body := range []string{`{"peer_url": "ftp://x:1"}`, `{"peer_url": "http://127.0.0.1:1", "id": 0}`, `nope`, `{"peer_url": "http://127.0.0.1:1", "id": 2}`} {
+		if r := do(t, "POST", c.url(lead, "/v1/members"), body); r.code/100 != 4 {
+			t.Errorf("POST /v1/members %s: %d %q, want a 4xx", body, r.code, r.body)
+		}
+	}
+	// A restart replays it as a learner, here from a snapshot taken after
+	// it was added (its ConfState lists the learners).
+	for i := range 30 {
+		c.mustPut(lead, "m"+strconv.Itoa(i), "v")
+	}
+	f := (lead + 1) % 3
+	c.stop(f)
+	c.start(f)
+	eventually(t, 10*time.Second, func() error {
+		if voter(f, 4) {
+			return fmt.Errorf("member %d restarted with 4 as a voter", f+1)
+		}
+		return nil
+	})
+
+	lead = c.leader()
+	eventually(t, 10*time.Second, func() error {
+		if r := do(t, "POST", c.url(lead, "/v1/members/4/promote"), ""); r.code != 200 {
+			return fmt.Errorf("promote: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	eventually(t, 5*time.Second, func() error {
+		for i := range 4 {
+			if !voter(i, 4) {
+				return fmt.Errorf("member %d still sees 4 as a learner", i+1)
+			}
+		}
+		return nil
+	})
+	if r := do(t, "DELETE", c.url(lead, "/v1/members/4"), ""); r.code != 200 || !strings.Contains(r.body, `"id":4`) {
+		t.Fatalf("DELETE /v1/members/4: %d %q", r.code, r.body)
+	}
+	select {
+	case <-c.nodes[3].removed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("removed member 4 did not learn it was removed")
 	}
 }

@@ -17,14 +17,19 @@ import (
 // peer URLs, and every id ever removed (a removed id is never reused).
 // Changed only by the state machine's apply goroutine (applyMembership,
 // restore); read by anyone: the raft node asks isRemoved on every message.
+//
+// Learners are members that receive the log but do not vote, until a
+// promotion makes them voters; raft's ConfState is the source of truth for
+// who is one, and snapshots carry it in their metadata.
 type membership struct {
-	mu      sync.RWMutex // guards both maps
-	members map[uint64]string
-	removed map[uint64]bool
+	mu       sync.RWMutex // guards the maps
+	members  map[uint64]string
+	removed  map[uint64]bool
+	learners map[uint64]bool // a subset of members
 }
 
 func newMembership() *membership {
-	return &membership{members: map[uint64]string{}, removed: map[uint64]bool{}}
+	return &membership{members: map[uint64]string{}, removed: map[uint64]bool{}, learners: map[uint64]bool{}}
 }
 
 // peerSet is how the apply path changes whom the transport talks to.
@@ -40,13 +45,34 @@ func (m *membership) isRemoved(id uint64) bool {
 	return m.removed[id]
 }
 
-// lookup tells whether id is a member or was removed, and how many members
-// there are.
-func (m *membership) lookup(id uint64) (isMember, wasRemoved bool, n int) {
+// lookup tells whether id is a member (and a learner) or was removed, and
+// how many members and voters there are.
+func (m *membership) lookup(id uint64) (isMember, isLearner, wasRemoved bool, n, voters int) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	_, isMember = m.members[id]
-	return isMember, m.removed[id], len(m.members)
+	return isMember, m.learners[id], m.removed[id], len(m.members), len(m.members) - len(m.learners)
+}
+
+// learnerSet returns a copy of the learners.
+func (m *membership) learnerSet() map[uint64]bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return maps.Clone(m.learners)
+}
+
+// highestID is the highest id ever used, removed ones included.
+func (m *membership) highestID() uint64 {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var h uint64
+	for id := range m.members {
+		h = max(h, id)
+	}
+	for id := range m.removed {
+		h = max(h, id)
+	}
+	return h
 }
 
 // list returns copies of the members and the removed ids.
@@ -58,24 +84,34 @@ func (m *membership) list() (map[uint64]string, map[uint64]bool) {
 
 // replace sets the whole membership (from a snapshot) and returns the
 // members it had before.
-func (m *membership) replace(members map[uint64]string, removed map[uint64]bool) map[uint64]string {
+func (m *membership) replace(members map[uint64]string, removed, learners map[uint64]bool) map[uint64]string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old := m.members
-	m.members, m.removed = members, removed
+	m.members, m.removed, m.learners = members, removed, learners
 	return old
 }
 
-func (m *membership) add(id uint64, peerURL string) {
+func (m *membership) add(id uint64, peerURL string, learner bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.members[id] = peerURL
+	if learner {
+		m.learners[id] = true
+	}
+}
+
+func (m *membership) promote(id uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.learners, id)
 }
 
 func (m *membership) remove(id uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	delete(m.members, id)
+	delete(m.learners, id)
 	m.removed[id] = true
 }
 
@@ -84,12 +120,14 @@ func (m *membership) remove(id uint64) {
 // a no-op for raft and returns why.
 func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	id := cc.GetNodeId()
-	isMember, wasRemoved, nMembers := s.members.lookup(id)
+	isMember, isLearner, wasRemoved, nMembers, nVoters := s.members.lookup(id)
+	promote := cc.GetType() == raftpb.ConfChangeAddNode && isMember && isLearner
 
 	var verdict error
 	switch cc.GetType() {
-	case raftpb.ConfChangeAddNode:
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
 		switch {
+		case promote:
 		case id == 0:
 			verdict = fmt.Errorf("%w: member id 0 is not allowed", errRejectedChange)
 		case isMember:
@@ -105,7 +143,7 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 		switch {
 		case !isMember:
 			verdict = errNoMember
-		case nMembers == 1:
+		case nMembers == 1 || (nVoters == 1 && !isLearner):
 			verdict = errLastMember
 		}
 	default:
@@ -124,18 +162,26 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 
 	s.confState = s.raft.applyConfChange(cc)
 	failpoint("conf-change-applied")
-	if cc.GetType() == raftpb.ConfChangeAddNode {
-		s.members.add(id, string(cc.GetContext()))
-	} else {
+	switch {
+	case promote:
+		s.members.promote(id)
+	case cc.GetType() == raftpb.ConfChangeRemoveNode:
 		s.members.remove(id)
+	default:
+		s.members.add(id, string(cc.GetContext()), cc.GetType() == raftpb.ConfChangeAddLearnerNode)
 	}
 	s.mu.Lock()
 	s.applied = index
 	s.mu.Unlock()
 
-	if cc.GetType() == raftpb.ConfChangeAddNode {
+	if promote {
+		s.lg.Info("learner promoted to voter", zap.Uint64("member", id), zap.Uint64("index", index))
+		return nil
+	}
+	if cc.GetType() != raftpb.ConfChangeRemoveNode {
 		s.forceSnap = s.lastSnap > 0
-		s.lg.Info("member added", zap.Uint64("member", id), zap.String("peer-url", string(cc.GetContext())))
+		s.lg.Info("member added", zap.Uint64("member", id), zap.String("peer-url", string(cc.GetContext())),
+			zap.Bool("learner", cc.GetType() == raftpb.ConfChangeAddLearnerNode), zap.Uint64("index", index))
 		if id != s.selfID {
 			s.peers.setPeer(id, string(cc.GetContext()))
 		}
@@ -150,32 +196,53 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	return nil
 }
 
-// AddMember proposes adding a voting member reachable at peerURL.
-func (s *kvstore) AddMember(ctx context.Context, id uint64, peerURL string) (uint64, error) {
-	isMember, wasRemoved, _ := s.members.lookup(id)
+// AddMember proposes adding a member reachable at peerURL: a voter, or a
+// learner (it receives the log, does not vote, until promoted).
+func (s *kvstore) AddMember(ctx context.Context, id uint64, peerURL string, learner bool) (uint64, error) {
+	isMember, _, wasRemoved, _, _ := s.members.lookup(id)
 	switch {
 	case isMember:
 		return 0, errMemberExists
 	case wasRemoved:
 		return 0, errMemberGone
 	}
-	reqID := s.nextID.Add(1)
-	cc := &raftpb.ConfChange{Type: new(raftpb.ConfChangeAddNode), NodeId: new(id), Context: []byte(peerURL), Id: new(reqID)}
-	res, err := s.propose(ctx, reqID, proposal{cc: cc})
-	return res.index, err
+	kind := raftpb.ConfChangeAddNode
+	if learner {
+		kind = raftpb.ConfChangeAddLearnerNode
+	}
+	return s.proposeChange(ctx, kind, id, peerURL)
+}
+
+// PromoteMember proposes making learner id a voter.
+func (s *kvstore) PromoteMember(ctx context.Context, id uint64) (uint64, error) {
+	isMember, isLearner, _, _, _ := s.members.lookup(id)
+	switch {
+	case !isMember:
+		return 0, errNoMember
+	case !isLearner:
+		return 0, errNotLearner
+	}
+	return s.proposeChange(ctx, raftpb.ConfChangeAddNode, id, "")
 }
 
 // RemoveMember proposes removing a member.
 func (s *kvstore) RemoveMember(ctx context.Context, id uint64) (uint64, error) {
-	isMember, _, n := s.members.lookup(id)
+	isMember, isLearner, _, n, voters := s.members.lookup(id)
 	switch {
 	case !isMember:
 		return 0, errNoMember
-	case n == 1:
+	case n == 1 || (voters == 1 && !isLearner):
 		return 0, errLastMember
 	}
+	return s.proposeChange(ctx, raftpb.ConfChangeRemoveNode, id, "")
+}
+
+func (s *kvstore) proposeChange(ctx context.Context, kind raftpb.ConfChangeType, id uint64, peerURL string) (uint64, error) {
 	reqID := s.nextID.Add(1)
-	cc := &raftpb.ConfChange{Type: new(raftpb.ConfChangeRemoveNode), NodeId: new(id), Id: new(reqID)}
+	cc := &raftpb.ConfChange{Type: new(kind), NodeId: new(id), Id: new(reqID)}
+	if peerURL != "" {
+		cc.Context = []byte(peerURL)
+	}
 	res, err := s.propose(ctx, reqID, proposal{cc: cc})
 	return res.index, err
 }

@@ -113,7 +113,11 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 	s.mu.Lock()
 	s.keys, s.applied = st.keys, st.index
 	s.mu.Unlock()
-	oldMembers := s.members.replace(st.members, st.removed)
+	learners := map[uint64]bool{}
+	for _, id := range snap.GetMetadata().GetConfState().GetLearners() {
+		learners[id] = true
+	}
+	oldMembers := s.members.replace(st.members, st.removed, learners)
 	s.watch.reset(st.index)
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap = st.index
