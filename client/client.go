@@ -336,6 +336,23 @@ func (c *Client) AddMember(ctx context.Context, id uint64, peerURL string) error
 	return err
 }
 
+// AddLearner asks the member to add member id, reachable at peerURL, as a
+// learner (POST /v1/members): it receives the log but does not vote until
+// Promote. It returns once the change is applied.
+func (c *Client) AddLearner(ctx context.Context, id uint64, peerURL string) error {
+	body, _ := json.Marshal(map[string]any{"id": id, "peer_url": peerURL, "learner": true})
+	_, err := c.do(ctx, http.MethodPost, "/v1/members", nil, body, true, nil)
+	return err
+}
+
+// Promote asks the member, which must be the leader, to make learner id a
+// voter (POST /v1/members/<id>/promote). A learner still catching up gets
+// a 409 with code "learner_behind"; a follower answers "not_leader".
+func (c *Client) Promote(ctx context.Context, id uint64) error {
+	_, err := c.do(ctx, http.MethodPost, "/v1/members/"+strconv.FormatUint(id, 10)+"/promote", nil, nil, true, nil)
+	return err
+}
+
 // RemoveMember asks the member to remove member id (DELETE /<id>).
 func (c *Client) RemoveMember(ctx context.Context, id uint64) error {
 	_, err := c.do(ctx, http.MethodDelete, "/"+strconv.FormatUint(id, 10), nil, nil, true, nil)

@@ -15,7 +15,12 @@ import (
 // to add it (POST /<id>), then starts it with --join and waits until it
 // serves HTTP. Earlier members reach the new member through its inbound
 // link, which cuts per sender, so its paths can be cut like any other.
-func (c *Cluster) AddNode(ctx context.Context) (uint64, error) {
+func (c *Cluster) AddNode(ctx context.Context) (uint64, error) { return c.addNode(ctx, false) }
+
+// AddLearner adds a member like AddNode, as a learner (see Promote).
+func (c *Cluster) AddLearner(ctx context.Context) (uint64, error) { return c.addNode(ctx, true) }
+
+func (c *Cluster) addNode(ctx context.Context, learner bool) (uint64, error) {
 	c.mu.Lock()
 	var id uint64
 	for j := range c.nodes {
@@ -46,10 +51,14 @@ func (c *Cluster) AddNode(ctx context.Context) (uint64, error) {
 	n.args = c.args(n, nil, true)
 	c.mu.Unlock()
 
-	if err := c.change(ctx, http.MethodPost, id, "http://"+in.addr(), "already in the cluster"); err != nil {
+	kind := "add"
+	if learner {
+		kind = "learner"
+	}
+	if err := c.change(ctx, kind, id, "http://"+in.addr(), "already in the cluster"); err != nil {
 		return 0, fmt.Errorf("cluster: add member %d: %w", id, err)
 	}
-	c.Logf("added member %d; starting it with --join", id)
+	c.Logf("added member %d (learner: %v); starting it with --join", id, learner)
 	if err := c.launch(n); err != nil {
 		return 0, err
 	}
@@ -73,7 +82,7 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 	n.mayBeRemoved = true
 	c.mu.Unlock()
 
-	if err := c.change(ctx, http.MethodDelete, id, "", "removed earlier"); err != nil {
+	if err := c.change(ctx, "remove", id, "", "removed earlier"); err != nil {
 		return fmt.Errorf("cluster: remove member %d: %w", id, err)
 	}
 	c.mu.Lock()
@@ -101,10 +110,11 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 	return nil
 }
 
-// change sends a membership request to running members in turn until one
-// applies it. A retry that finds the change already made (doneText in the
-// error) counts as success: an earlier attempt's answer was lost.
-func (c *Cluster) change(ctx context.Context, method string, id uint64, body, doneText string) error {
+// change sends a membership request (kind: add, learner or remove) to
+// running members in turn until one applies it. A retry that finds the
+// change already made (doneText in the error) counts as success: an
+// earlier attempt's answer was lost.
+func (c *Cluster) change(ctx context.Context, kind string, id uint64, body, doneText string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var last string
@@ -116,9 +126,12 @@ func (c *Cluster) change(ctx context.Context, method string, id uint64, body, do
 			}
 			cl := client.New(c.ClientURL(m), &http.Client{Timeout: 3 * time.Second})
 			var err error
-			if method == http.MethodPost {
+			switch kind {
+			case "add":
 				err = cl.AddMember(ctx, id, body)
-			} else {
+			case "learner":
+				err = cl.AddLearner(ctx, id, body)
+			default:
 				err = cl.RemoveMember(ctx, id)
 			}
 			var e *client.Error
@@ -138,6 +151,35 @@ func (c *Cluster) change(ctx context.Context, method string, id uint64, body, do
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("no member applied it (last answer: %s)", last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Promote makes learner id a voter: it asks the leader until the learner
+// has caught up enough to be promoted, for up to 30 s.
+func (c *Cluster) Promote(ctx context.Context, id uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	unsure := false
+	for {
+		lead, err := c.Leader(ctx)
+		if err != nil {
+			return fmt.Errorf("cluster: promote member %d: %w", id, err)
+		}
+		err = client.New(c.ClientURL(lead), &http.Client{Timeout: 3 * time.Second}).Promote(ctx, id)
+		var e *client.Error
+		switch {
+		case err == nil, unsure && errors.As(err, &e) && e.Code == "not_learner":
+			c.Logf("promoted member %d to voter", id)
+			return nil
+		case errors.As(err, &e) && e.Status/100 == 4 && e.Code != "learner_behind" && e.Code != "not_leader":
+			return fmt.Errorf("cluster: promote member %d: %w", id, err)
+		}
+		unsure = unsure || (errors.As(err, &e) && e.Outcome == client.Unknown)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("cluster: promote member %d: not promoted in time (last: %v)", id, err)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

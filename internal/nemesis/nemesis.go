@@ -333,8 +333,8 @@ func (*cutLeader) Heal(ctx context.Context, c *cluster.Cluster) error {
 	return nil
 }
 
-// churn: remove a random follower, then add a fresh member (new id,
-// --join) on heal.
+// churn: remove a random follower, then on heal add a fresh member (new
+// id, --join) as a learner, and promote it once it has caught up.
 type churn struct{ removed bool }
 
 func (*churn) Name() string { return "churn" }
@@ -356,8 +356,14 @@ func (ch *churn) Heal(ctx context.Context, c *cluster.Cluster) error {
 	if !ch.removed {
 		return nil
 	}
-	_, err := c.AddNode(ctx)
-	return err
+	id, err := c.AddLearner(ctx)
+	if err != nil {
+		return err
+	}
+	if err := c.WaitCaughtUp(ctx, id, 30*time.Second); err != nil {
+		return err
+	}
+	return c.Promote(ctx, id)
 }
 
 // snapshotCrash: kill -9 a member the moment it starts writing a snapshot
