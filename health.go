@@ -45,8 +45,12 @@ type opsConfig struct {
 	level       *zap.AtomicLevel // nil: this process's log level cannot be changed
 	// transferLeadership asks raft to move leadership (raft.Node's).
 	transferLeadership func(ctx context.Context, lead, to uint64)
-	waldir, snapdir    string    // for the sizes in /v1/status
-	started            time.Time // for the uptime in /v1/status
+	// peerActive reports whether this member reaches member id;
+	// strictReconfig makes membership changes check it (strictCheck).
+	peerActive      func(id uint64) bool
+	strictReconfig  bool
+	waldir, snapdir string    // for the sizes in /v1/status
+	started         time.Time // for the uptime in /v1/status
 }
 
 // dirBytes adds up the sizes of the files in dir (0 if it cannot be read).

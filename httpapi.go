@@ -237,6 +237,9 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText strin
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	if !h.strictCheck(w, r, id, +1) { // httpops.go
+		return
+	}
 	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.AddMember(ctx, id, peerURL, false) })
 }
 
@@ -246,6 +249,9 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText st
 	}
 	id, ok := parseMemberID(w, idText, "DELETE /<id> with a member id")
 	if !ok {
+		return
+	}
+	if !h.strictCheck(w, r, id, -1) {
 		return
 	}
 	if st := h.raftStatus(); id == st.Lead && len(h.store.Members()) > 1 {

@@ -54,6 +54,9 @@ func (h *httpAPI) serveMembers(w http.ResponseWriter, r *http.Request, rest stri
 		if _, ok := h.query(w, r); !ok {
 			return
 		}
+		if !h.strictCheck(w, r, id, -1) {
+			return
+		}
 		if st := h.raftStatus(); id == st.Lead && len(h.store.Members()) > 1 {
 			h.moveLeaderOff(r.Context(), st)
 		}
@@ -92,6 +95,9 @@ func (h *httpAPI) addMemberV1(w http.ResponseWriter, r *http.Request) {
 		}
 		id = *req.ID
 	}
+	if !req.Learner && !h.strictCheck(w, r, id, +1) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
 	index, err := h.store.AddMember(ctx, id, req.PeerURL, req.Learner)
@@ -121,6 +127,9 @@ func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request, id uint64) {
 			h.reject(w, r, http.StatusConflict, "learner_behind", fmt.Sprintf("learner %d is %d entries behind the leader (at most %d to promote; replication state %v, reachable %v); retry once it has caught up", id, lag, maxPromoteLag, pr.State, pr.RecentActive))
 			return
 		}
+	}
+	if !h.strictCheck(w, r, id, +1) {
+		return
 	}
 	h.changed(w, r, http.StatusOK, id, func(ctx context.Context) (uint64, error) { return h.store.PromoteMember(ctx, id) })
 }
@@ -311,4 +320,46 @@ func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) {
 		return
 	}
 	h.lg.Info("moved leadership off the member being removed", zap.Uint64("from", st.Lead), zap.Uint64("to", to))
+}
+
+// strictCheck refuses, with 409, a change to the voters that would leave
+// fewer voters this member can reach than a quorum of the new set, as
+// etcd's --strict-reconfig-check does: such a cluster could not commit,
+// not even the change that would mend it. delta is +1 (a voter added or a
+// learner promoted) or -1 (a voter removed); id is the member concerned.
+func (h *httpAPI) strictCheck(w http.ResponseWriter, r *http.Request, id uint64, delta int) bool {
+	if !h.ops.strictReconfig || h.ops.peerActive == nil {
+		return true
+	}
+	learners := h.store.members.learnerSet()
+	members := h.store.Members()
+	if _, isMember := members[id]; (delta < 0 && !isMember) || (delta > 0 && isMember && !learners[id]) {
+		return true // not a change to the voters: the change itself answers why
+	}
+	voters, reachable := 0, 0
+	for m := range members {
+		if learners[m] {
+			continue
+		}
+		voters++
+		if h.ops.peerActive(m) {
+			reachable++
+		}
+	}
+	switch {
+	case delta > 0 && learners[id] && h.ops.peerActive(id):
+		reachable++ // a promoted learner that is up counts at once
+	case delta < 0 && !learners[id] && h.ops.peerActive(id):
+		reachable--
+	case delta < 0 && learners[id]:
+		return true // removing a learner changes no quorum
+	}
+	after := voters + delta
+	if quorum := after/2 + 1; after > 0 && reachable < quorum {
+		h.reject(w, r, http.StatusConflict, "unsafe_change", fmt.Sprintf(
+			"refused: after this change %d of %d voters would be reachable from member %d, fewer than a quorum (%d), and the cluster could not commit; bring members back first, add new members as learners, or start the members with --strict-reconfig-check=false",
+			reachable, after, h.raftStatus().ID, quorum))
+		return false
+	}
+	return true
 }

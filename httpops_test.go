@@ -234,3 +234,41 @@ func TestLearnerAddPromoteRemove(t *testing.T) {
 		t.Fatal("removed member 4 did not learn it was removed")
 	}
 }
+
+// With --strict-reconfig-check, a change that would leave fewer reachable
+// voters than a quorum is refused before it is proposed.
+func TestStrictReconfigCheck(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.strictReconfig = true })
+	lead := c.leader()
+	down := (lead + 1) % 3
+	up := (lead + 2) % 3
+	c.stop(down)
+	newPeer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	eventually(t, 10*time.Second, func() error {
+		// Until rafthttp notices the stopped member, it still counts it.
+		if r := do(t, "DELETE", c.url(lead, fmt.Sprintf("/%d", up+1)), ""); r.code != 409 || !strings.Contains(r.body, "fewer than a quorum") {
+			return fmt.Errorf("removing a reachable voter with another one down: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	for _, tc := range []struct{ method, path, body string }{
+		{"POST", "/4", newPeer},
+		{"POST", "/v1/members", fmt.Sprintf(`{"peer_url": %q}`, newPeer)},
+		{"DELETE", fmt.Sprintf("/v1/members/%d", up+1), ""},
+	} {
+		if r := do(t, tc.method, c.url(lead, tc.path), tc.body); r.code != 409 || !strings.Contains(r.body, "unsafe_change") && !strings.Contains(r.body, "fewer than a quorum") {
+			t.Errorf("%s %s with a voter down: %d %q; want 409", tc.method, tc.path, r.code, r.body)
+		}
+	}
+	// What keeps a quorum reachable goes through: a learner, and removing
+	// the member that is down.
+	if r := do(t, "POST", c.url(lead, "/v1/members"), fmt.Sprintf(`{"peer_url": %q, "learner": true}`, newPeer)); r.code != 201 {
+		t.Fatalf("adding a learner with a voter down: %d %q", r.code, r.body)
+	}
+	if r := do(t, "DELETE", c.url(lead, fmt.Sprintf("/%d", down+1)), ""); r.code != 204 {
+		t.Fatalf("removing the voter that is down: %d %q", r.code, r.body)
+	}
+	if r := do(t, "DELETE", c.url(lead, "/9"), ""); r.code != 404 {
+		t.Fatalf("removing an unknown member: %d %q", r.code, r.body)
+	}
+}

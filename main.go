@@ -45,6 +45,7 @@ type config struct {
 	logLevel        zapcore.Level
 	level           *zap.AtomicLevel // the logger's level, changeable at run time; nil: fixed
 	enablePprof     bool
+	strictReconfig  bool
 }
 
 const envPrefix = "RAFTEXAMPLE_"
@@ -74,6 +75,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	maxWatchWait := fs.Duration("max-watch-wait", 5*time.Minute, "longest ?timeout of a long-poll watch (the default is 60s or this, if shorter)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go profiles under /debug/pprof/ on the client API")
+	strictReconfig := fs.Bool("strict-reconfig-check", true, "refuse membership changes that would leave fewer reachable voters than a quorum")
 	fs.Usage = func() {} // errors are reported in one line by the caller
 
 	if err := fs.Parse(args); err != nil {
@@ -108,7 +110,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
-		watchHistory: *watchHistory, enablePprof: *enablePprof,
+		watchHistory: *watchHistory, enablePprof: *enablePprof, strictReconfig: *strictReconfig,
 	}
 	seen := map[string]bool{}
 	for _, u := range strings.Split(*cluster, ",") {
@@ -273,7 +275,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
 		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
-			transferLeadership: rn.transferLeadership, waldir: base, snapdir: base + "-snap", started: time.Now()}}
+			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, strictReconfig: cfg.strictReconfig, waldir: base, snapdir: base + "-snap", started: time.Now()}}
 	s := &server{
 		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,

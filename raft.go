@@ -651,6 +651,12 @@ func (rc *raftNode) transferLeadership(ctx context.Context, lead, to uint64) {
 	rc.node.TransferLeadership(ctx, lead, to)
 }
 
+// peerActive reports whether this member has a live connection to member
+// id (itself counts), as rafthttp sees it.
+func (rc *raftNode) peerActive(id uint64) bool {
+	return id == rc.cfg.id || !rc.transport.ActiveSince(types.ID(id)).IsZero()
+}
+
 // status asks the raft goroutine for its state; zero once raft has stopped.
 func (rc *raftNode) status() raft.Status { return rc.node.Status() }
 
