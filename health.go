@@ -49,8 +49,9 @@ type opsConfig struct {
 	// strictReconfig makes membership changes check it (strictCheck).
 	peerActive      func(id uint64) bool
 	strictReconfig  bool
-	waldir, snapdir string    // for the sizes in /v1/status
-	started         time.Time // for the uptime in /v1/status
+	removed         <-chan struct{} // closed when this member learns it was removed
+	waldir, snapdir string          // for the sizes in /v1/status
+	started         time.Time       // for the uptime in /v1/status
 }
 
 // dirBytes adds up the sizes of the files in dir (0 if it cannot be read).

@@ -254,24 +254,29 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText st
 	if !h.strictCheck(w, r, id, -1) {
 		return
 	}
-	if st := h.raftStatus(); id == st.Lead && len(h.store.Members()) > 1 {
-		h.moveLeaderOff(r.Context(), st) // httpops.go
-	}
-	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) })
+	h.replicate(w, r, h.removal(r, id)) // httpops.go
 }
 
 // replicate runs a change through raft within the request timeout and
 // answers 204 with the raft index at which it was applied.
 func (h *httpAPI) replicate(w http.ResponseWriter, r *http.Request, change func(context.Context) (uint64, error)) {
+	if _, ok := h.runChange(w, r, change); ok {
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// runChange runs a change within the request timeout. On success it sets
+// X-Raft-Index and leaves the answer to the caller; on failure it answers.
+func (h *httpAPI) runChange(w http.ResponseWriter, r *http.Request, change func(context.Context) (uint64, error)) (uint64, bool) {
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
 	index, err := change(ctx)
 	if err != nil {
 		h.fail(w, r, err)
-		return
+		return 0, false
 	}
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	w.WriteHeader(http.StatusNoContent)
+	return index, true
 }
 
 // readKey reads key with the consistency the query asks for; on failure it

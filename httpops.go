@@ -57,10 +57,7 @@ func (h *httpAPI) serveMembers(w http.ResponseWriter, r *http.Request, rest stri
 		if !h.strictCheck(w, r, id, -1) {
 			return
 		}
-		if st := h.raftStatus(); id == st.Lead && len(h.store.Members()) > 1 {
-			h.moveLeaderOff(r.Context(), st)
-		}
-		h.changed(w, r, http.StatusOK, id, func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) })
+		h.changed(w, r, http.StatusOK, id, h.removal(r, id))
 	default:
 		h.reject(w, r, http.StatusNotFound, "no_route", "no such route "+strconv.Quote(r.URL.Path)+"; see /v1/members/<id> and /v1/members/<id>/promote")
 	}
@@ -98,15 +95,10 @@ func (h *httpAPI) addMemberV1(w http.ResponseWriter, r *http.Request) {
 	if !req.Learner && !h.strictCheck(w, r, id, +1) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := h.store.AddMember(ctx, id, req.PeerURL, req.Learner)
-	if err != nil {
-		h.fail(w, r, err)
-		return
+	index, ok := h.runChange(w, r, func(ctx context.Context) (uint64, error) { return h.store.AddMember(ctx, id, req.PeerURL, req.Learner) })
+	if ok {
+		writeJSON(w, http.StatusCreated, map[string]any{"id": id, "peer_url": req.PeerURL, "learner": req.Learner, "index": index})
 	}
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	writeJSON(w, http.StatusCreated, map[string]any{"id": id, "peer_url": req.PeerURL, "learner": req.Learner, "index": index})
 }
 
 // promote makes a learner a voter, once the leader sees it caught up.
@@ -136,15 +128,9 @@ func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request, id uint64) {
 
 // changed runs a membership change and answers {"id", "index"} as JSON.
 func (h *httpAPI) changed(w http.ResponseWriter, r *http.Request, status int, id uint64, change func(context.Context) (uint64, error)) {
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
-	index, err := change(ctx)
-	if err != nil {
-		h.fail(w, r, err)
-		return
+	if index, ok := h.runChange(w, r, change); ok {
+		writeJSON(w, status, map[string]any{"id": id, "index": index})
 	}
-	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
-	writeJSON(w, status, map[string]any{"id": id, "index": index})
 }
 
 type memberJSON struct {
@@ -292,12 +278,65 @@ func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 	}
 }
 
+// removal is the change that removes member id. If id leads, leadership is
+// handed over first (moveLeaderOff). A new leader turns conf changes into
+// empty entries until it has applied its log (raft's pendingConfIndex), so
+// then an attempt unanswered for a second is proposed again; a repeat that
+// finds the member gone means an earlier attempt took effect.
+func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uint64, error) {
+	once := func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) }
+	st := h.raftStatus()
+	if id != st.Lead || len(h.store.Members()) <= 1 || !h.moveLeaderOff(r.Context(), st) {
+		return once
+	}
+	retried := func(ctx context.Context) (uint64, error) {
+		for attempt := 0; ; attempt++ {
+			actx, cancel := context.WithTimeout(ctx, time.Second)
+			index, err := once(actx)
+			cancel()
+			switch {
+			case attempt > 0 && errors.Is(err, errNoMember):
+				applied, _ := h.store.Applied()
+				return applied, nil
+			case errors.Is(err, errTimeout) && ctx.Err() == nil:
+				continue
+			}
+			return index, err
+		}
+	}
+	if id != st.ID || h.ops.removed == nil {
+		return retried
+	}
+	// This member removes itself, now as a follower: once the others have
+	// applied the change they stop talking to it, so it may never apply
+	// the change itself. That they refuse it as removed is the answer.
+	return func(ctx context.Context) (uint64, error) {
+		type answer struct {
+			index uint64
+			err   error
+		}
+		done := make(chan answer, 1)
+		go func() {
+			index, err := retried(ctx)
+			done <- answer{index, err}
+		}()
+		select {
+		case a := <-done:
+			return a.index, a.err
+		case <-h.ops.removed:
+			applied, _ := h.store.Applied()
+			return applied, nil
+		}
+	}
+}
+
 // moveLeaderOff hands leadership away from the leader before it is
 // removed, so that writes see a transfer instead of an election timeout.
 // A follower takes it over itself (it answers this request, so it is up);
 // the leader gives it to the most caught-up reachable voter. If that does
 // not work out in time, the removal goes ahead and an election follows.
-func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) {
+// It reports whether leadership moved.
+func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) bool {
 	to := st.ID
 	if st.ID == st.Lead {
 		to = 0
@@ -309,7 +348,7 @@ func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) {
 		}
 		if to == 0 {
 			h.lg.Warn("removing the leader with no other reachable voter to take over; an election will follow")
-			return
+			return false
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.requestTimeout/2)
@@ -317,9 +356,10 @@ func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) {
 	if err := h.transfer(ctx, st.Lead, to); err != nil {
 		h.lg.Warn("could not move leadership off the member being removed; an election will follow",
 			zap.Uint64("leader", st.Lead), zap.Uint64("to", to), zap.Error(err))
-		return
+		return false
 	}
 	h.lg.Info("moved leadership off the member being removed", zap.Uint64("from", st.Lead), zap.Uint64("to", to))
+	return true
 }
 
 // strictCheck refuses, with 409, a change to the voters that would leave

@@ -272,14 +272,15 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	}
 
 	stopc := make(chan struct{})
+	removed := make(chan struct{})
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
 		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
-			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, strictReconfig: cfg.strictReconfig, waldir: base, snapdir: base + "-snap", started: time.Now()}}
+			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, strictReconfig: cfg.strictReconfig, removed: removed, waldir: base, snapdir: base + "-snap", started: time.Now()}}
 	s := &server{
 		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,
-		removed: make(chan struct{}),
+		removed: removed,
 		stopc:   stopc,
 		api: &http.Server{
 			Handler:           instrument(h),
