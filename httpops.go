@@ -32,6 +32,7 @@ const maxPromoteLag = 1000
 func (h *httpAPI) serveMembers(w http.ResponseWriter, r *http.Request, rest string) {
 	idText, action, _ := strings.Cut(rest, "/")
 	switch {
+	case rest == "" && !h.methods(w, r, http.MethodGet, http.MethodHead, http.MethodPost):
 	case rest == "" && r.Method == http.MethodPost:
 		h.addMemberV1(w, r)
 	case rest == "":
