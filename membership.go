@@ -156,7 +156,7 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 		s.mu.Lock()
 		s.applied = index
 		s.mu.Unlock()
-		s.lg.Warn("rejected membership change", zap.Uint64("index", index), zap.Uint64("member", id), zap.Error(verdict))
+		s.lg.Warn("rejected membership change", zap.Uint64("index", index), zap.Uint64("peer", id), zap.Error(verdict))
 		return verdict
 	}
 
@@ -175,19 +175,19 @@ func (s *kvstore) applyMembership(cc *raftpb.ConfChange, index uint64) error {
 	s.mu.Unlock()
 
 	if promote {
-		s.lg.Info("learner promoted to voter", zap.Uint64("member", id), zap.Uint64("index", index))
+		s.lg.Info("learner promoted to voter", zap.Uint64("peer", id), zap.Uint64("index", index))
 		return nil
 	}
 	if cc.GetType() != raftpb.ConfChangeRemoveNode {
 		s.forceSnap = s.lastSnap > 0
-		s.lg.Info("member added", zap.Uint64("member", id), zap.String("peer-url", string(cc.GetContext())),
+		s.lg.Info("member added", zap.Uint64("peer", id), zap.String("peer-url", string(cc.GetContext())),
 			zap.Bool("learner", cc.GetType() == raftpb.ConfChangeAddLearnerNode), zap.Uint64("index", index))
 		if id != s.selfID {
 			s.peers.setPeer(id, string(cc.GetContext()))
 		}
 		return nil
 	}
-	s.lg.Info("member removed", zap.Uint64("member", id))
+	s.lg.Info("member removed", zap.Uint64("peer", id), zap.Uint64("index", index))
 	if id == s.selfID {
 		s.removedOnce.Do(func() { close(s.removedSelf) })
 	} else {

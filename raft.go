@@ -271,7 +271,7 @@ func (rc *raftNode) readyLoop() {
 				leaderChanged = old != 0 && old != rd.SoftState.Lead
 				isLeader = rd.SoftState.RaftState == raft.StateLeader
 				if old != rd.SoftState.Lead {
-					rc.lg.Info("leader changed", zap.Uint64("from", old), zap.Uint64("to", rd.SoftState.Lead), zap.Stringer("state", rd.SoftState.RaftState))
+					rc.lg.Info("leader changed", zap.Uint64("from", old), zap.Uint64("to", rd.SoftState.Lead), zap.Uint64("term", rd.HardState.GetTerm()), zap.Stringer("state", rd.SoftState.RaftState))
 					metricLeaderChanges.Inc()
 					hasLeader := 0.0
 					if rd.SoftState.Lead != 0 {
