@@ -254,6 +254,9 @@ func (c *Cluster) RestartRefused(ctx context.Context, id uint64, substr string) 
 // substr (refused true; that exit is expected). Exiting without saying so
 // is an error, and so is an exit once it serves.
 func (c *Cluster) RestartMayRefuse(ctx context.Context, id uint64, substr string) (refused bool, err error) {
+	// What the member does is the answer, even if the caller's time (a
+	// scenario's workload) runs out meanwhile: the waits below are bounded.
+	ctx = context.WithoutCancel(ctx)
 	n := c.node(id)
 	if n == nil || c.State(id) != Stopped {
 		return false, fmt.Errorf("cluster: cannot restart member %d: it is %v", id, stateOf(n))
