@@ -344,6 +344,14 @@ func (h *httpAPI) query(w http.ResponseWriter, r *http.Request, known ...string)
 	return q, true
 }
 
+// bodyNoQuery reads the body of a request that takes no query parameters.
+func (h *httpAPI) bodyNoQuery(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	if _, ok := h.query(w, r); !ok {
+		return nil, false
+	}
+	return h.readBody(w, r)
+}
+
 func (h *httpAPI) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	return h.readBodyMax(w, r, h.maxRequestBytes, "request body", "--max-request-bytes")
 }

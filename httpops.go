@@ -65,10 +65,7 @@ func (h *httpAPI) serveMembers(w http.ResponseWriter, r *http.Request, rest stri
 }
 
 func (h *httpAPI) addMemberV1(w http.ResponseWriter, r *http.Request) {
-	if _, ok := h.query(w, r); !ok {
-		return
-	}
-	body, ok := h.readBody(w, r)
+	body, ok := h.bodyNoQuery(w, r)
 	if !ok {
 		return
 	}
@@ -189,10 +186,7 @@ func (h *httpAPI) transferLeader(w http.ResponseWriter, r *http.Request) {
 	if !h.methods(w, r, http.MethodPost) {
 		return
 	}
-	if _, ok := h.query(w, r); !ok {
-		return
-	}
-	body, ok := h.readBody(w, r)
+	body, ok := h.bodyNoQuery(w, r)
 	if !ok {
 		return
 	}

@@ -389,10 +389,7 @@ var cmpOps = map[string]cmpOp{"=": cmpEqual, "==": cmpEqual, "!=": cmpNotEqual, 
 var errBadTxn = errors.New("bad txn")
 
 func (h *httpAPI) txn(w http.ResponseWriter, r *http.Request) {
-	if _, ok := h.query(w, r); !ok {
-		return
-	}
-	body, ok := h.readBody(w, r)
+	body, ok := h.bodyNoQuery(w, r)
 	if !ok {
 		return
 	}
