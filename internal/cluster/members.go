@@ -82,7 +82,7 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 	n.mayBeRemoved = true
 	c.mu.Unlock()
 
-	if err := c.change(ctx, "remove", id, "", "removed earlier"); err != nil {
+	if err := c.change(ctx, "remove", id, "", "no such member"); err != nil {
 		return fmt.Errorf("cluster: remove member %d: %w", id, err)
 	}
 	c.mu.Lock()
