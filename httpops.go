@@ -237,6 +237,18 @@ func (h *httpAPI) transferTarget(w http.ResponseWriter, r *http.Request, st raft
 		h.reject(w, r, http.StatusBadRequest, "bad_request", fmt.Sprintf(`name the new leader ({"to": <id>}), or send this to the leader (member %d), which knows who is most caught up`, st.Lead))
 		return 0, false
 	}
+	best := mostCaughtUp(st)
+	if best == 0 {
+		h.reject(w, r, http.StatusConflict, "no_candidate", "no other voter is reachable to take over leadership")
+		return 0, false
+	}
+	return best, true
+}
+
+// mostCaughtUp is the reachable voter other than the leader with the
+// highest match index (the lowest id among equals), or 0. Only the leader's
+// status has the progress it needs.
+func mostCaughtUp(st raft.Status) uint64 {
 	var best uint64
 	var bestPr tracker.Progress
 	for id, pr := range st.Progress {
@@ -247,11 +259,7 @@ func (h *httpAPI) transferTarget(w http.ResponseWriter, r *http.Request, st raft
 			best, bestPr = id, pr
 		}
 	}
-	if best == 0 {
-		h.reject(w, r, http.StatusConflict, "no_candidate", "no other voter is reachable to take over leadership")
-		return 0, false
-	}
-	return best, true
+	return best
 }
 
 // transfer asks raft to hand leadership from lead to to (a follower
@@ -334,13 +342,7 @@ func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uin
 func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) bool {
 	to := st.ID
 	if st.ID == st.Lead {
-		to = 0
-		var best uint64
-		for id, pr := range st.Progress {
-			if id != st.ID && !pr.IsLearner && pr.RecentActive && (to == 0 || pr.Match > best) {
-				to, best = id, pr.Match
-			}
-		}
+		to = mostCaughtUp(st)
 		if to == 0 {
 			h.lg.Warn("removing the leader with no other reachable voter to take over; an election will follow")
 			return false
