@@ -47,7 +47,9 @@ type opsConfig struct {
 	transferLeadership func(ctx context.Context, lead, to uint64)
 	// peerActive reports whether this member reaches member id;
 	// strictReconfig makes membership changes check it (strictCheck).
-	peerActive      func(id uint64) bool
+	peerActive func(id uint64) bool
+	// lastContact is when a message from member id last arrived.
+	lastContact     func(id uint64) time.Time
 	strictReconfig  bool
 	removed         <-chan struct{} // closed when this member learns it was removed
 	waldir, snapdir string          // for the sizes in /v1/status

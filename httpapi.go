@@ -148,8 +148,9 @@ type statusReply struct {
 }
 
 type statusMember struct {
-	ID      uint64 `json:"id"`
-	PeerURL string `json:"peerURL"`
+	ID        uint64 `json:"id"`
+	PeerURL   string `json:"peerURL"`
+	ClientURL string `json:"clientURL,omitempty"` // absent until the member has published it
 }
 
 func (h *httpAPI) status(w http.ResponseWriter) {
@@ -162,8 +163,9 @@ func (h *httpAPI) status(w http.ResponseWriter) {
 		Keys: keys, Members: []statusMember{},
 		WALBytes: dirBytes(h.ops.waldir), SnapBytes: dirBytes(h.ops.snapdir), Version: version(), Uptime: time.Since(h.ops.started).Seconds(),
 	}
+	clients := h.store.members.clientURLs()
 	for id, u := range h.store.Members() {
-		reply.Members = append(reply.Members, statusMember{ID: id, PeerURL: u})
+		reply.Members = append(reply.Members, statusMember{ID: id, PeerURL: u, ClientURL: clients[id]})
 	}
 	slices.SortFunc(reply.Members, func(a, b statusMember) int { return cmp.Compare(a.ID, b.ID) })
 	w.Header().Set("Content-Type", "application/json")

@@ -132,10 +132,14 @@ func (h *httpAPI) changed(w http.ResponseWriter, r *http.Request, status int, id
 }
 
 type memberJSON struct {
-	ID      uint64 `json:"id"`
-	PeerURL string `json:"peer_url"`
-	Voter   bool   `json:"voter"`
-	Leader  bool   `json:"leader"`
+	ID        uint64 `json:"id"`
+	PeerURL   string `json:"peer_url"`
+	ClientURL string `json:"client_url,omitempty"` // absent until the member has published it
+	Voter     bool   `json:"voter"`
+	Leader    bool   `json:"leader"`
+	// When the answering member last heard from it (absent for itself and
+	// for members it has not heard from since it started).
+	LastContact *time.Time `json:"last_contact,omitempty"`
 	// From the leader's view only (absent on other members):
 	Match     *uint64 `json:"match,omitempty"`     // highest index known to be on it
 	Lag       *uint64 `json:"lag,omitempty"`       // the leader's last index minus match
@@ -163,9 +167,15 @@ func (h *httpAPI) members(w http.ResponseWriter, r *http.Request) {
 		reply.View = "leader"
 	}
 	last := h.logBounds().last
-	learners := h.store.members.learnerSet()
+	learners, clients := h.store.members.learnerSet(), h.store.members.clientURLs()
 	for id, u := range h.store.Members() {
-		m := memberJSON{ID: id, PeerURL: u, Voter: !learners[id], Leader: id == st.Lead}
+		m := memberJSON{ID: id, PeerURL: u, ClientURL: clients[id], Voter: !learners[id], Leader: id == st.Lead}
+		if t := h.ops.lastContact; t != nil && id != st.ID {
+			if at := t(id); !at.IsZero() {
+				at = at.UTC()
+				m.LastContact = &at
+			}
+		}
 		if pr, ok := st.Progress[id]; ok && isLeader {
 			match, reachable := pr.Match, pr.RecentActive || id == st.ID
 			lag := uint64(0)

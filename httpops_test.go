@@ -272,3 +272,53 @@ func TestStrictReconfigCheck(t *testing.T) {
 		t.Fatalf("removing an unknown member: %d %q", r.code, r.body)
 	}
 }
+
+// Every member publishes its client URL through the log: all members list
+// all of them, a restarted member on a new port publishes the new one, and
+// the URLs survive snapshots (snapshot-count 3 makes several).
+func TestClientURLsPublished(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.snapshotCount = 3 })
+	lead := c.leader()
+	for i := 0; i < 10; i++ {
+		c.mustPut(lead, fmt.Sprintf("k%d", i), "v")
+	}
+	allListed := func() error {
+		for i := range c.nodes {
+			got := decodeJSON[membersReply](t, do(t, "GET", c.url(i, "/v1/members"), ""))
+			for j, m := range got.Members {
+				if want := "http://" + c.nodes[j].addr(); m.ClientURL != want {
+					return fmt.Errorf("member %d lists %d at %q, want %q", i+1, m.ID, m.ClientURL, want)
+				}
+				// Followers hear from the leader only; the leader from all.
+				talks := got.Leader == uint64(i+1) || m.ID == got.Leader
+				if m.ID != uint64(i+1) && talks && (m.LastContact == nil || time.Since(*m.LastContact) > 5*time.Second) {
+					return fmt.Errorf("member %d last heard from %d at %v", i+1, m.ID, m.LastContact)
+				}
+				if m.ID == uint64(i+1) && m.LastContact != nil {
+					return fmt.Errorf("member %d gives a last contact with itself", i+1)
+				}
+			}
+			st := decodeJSON[statusReply](t, do(t, "GET", c.url(i, "/v1/status"), ""))
+			if len(st.Members) != 3 || st.Members[2].ClientURL != "http://"+c.nodes[2].addr() {
+				return fmt.Errorf("member %d /v1/status: %+v", i+1, st.Members)
+			}
+		}
+		return nil
+	}
+	eventually(t, 10*time.Second, allListed)
+
+	f := (lead + 1) % 3
+	old := c.nodes[f].addr()
+	c.stop(f)
+	for i := 0; i < 10; i++ {
+		c.mustPut(lead, fmt.Sprintf("j%d", i), "v")
+	}
+	c.start(f) // on a new port (the tests listen on port 0)
+	if c.nodes[f].addr() == old {
+		t.Skip("the restarted member got its old port back")
+	}
+	eventually(t, 10*time.Second, allListed)
+	if !strings.Contains(c.log.String(), "restored state from snapshot") {
+		t.Fatal("no member restored from a snapshot: the test does not cover the snapshot path")
+	}
+}

@@ -237,6 +237,11 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 		var evs []event
 		s.mu.Lock()
 		err := decodeOps(e.GetData(), func(o *op) {
+			if o.kind == opMemberAttrs {
+				ok := s.members.setClientURL(o.member, o.value)
+				answers = append(answers, done{o.reqID, result{index: index, succeeded: ok}})
+				return
+			}
 			res := applyOp(s.keys, index, o)
 			evs = events(index, res.ops, evs)
 			answers = append(answers, done{o.reqID, res})

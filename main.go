@@ -46,6 +46,7 @@ type config struct {
 	level           *zap.AtomicLevel // the logger's level, changeable at run time; nil: fixed
 	enablePprof     bool
 	strictReconfig  bool
+	clientURL       string // --advertise-client-url; "": derived at start
 }
 
 const envPrefix = "RAFTEXAMPLE_"
@@ -76,6 +77,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go profiles under /debug/pprof/ on the client API")
 	strictReconfig := fs.Bool("strict-reconfig-check", true, "refuse membership changes that would leave fewer reachable voters than a quorum")
+	clientURL := fs.String("advertise-client-url", "", "the client API's URL as other members and /v1/members show it (default: http://<--listen, or the peer URL's host if --listen is 0.0.0.0 or ::>:<port>)")
 	fs.Usage = func() {} // errors are reported in one line by the caller
 
 	if err := fs.Parse(args); err != nil {
@@ -110,7 +112,12 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
-		watchHistory: *watchHistory, enablePprof: *enablePprof, strictReconfig: *strictReconfig,
+		watchHistory: *watchHistory, enablePprof: *enablePprof, strictReconfig: *strictReconfig, clientURL: *clientURL,
+	}
+	if cfg.clientURL != "" {
+		if err := validateURL("client", cfg.clientURL); err != nil {
+			return config{}, fmt.Errorf("invalid --advertise-client-url: %w", err)
+		}
 	}
 	seen := map[string]bool{}
 	for _, u := range strings.Split(*cluster, ",") {
@@ -276,7 +283,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
 		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
-			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, strictReconfig: cfg.strictReconfig, removed: removed, waldir: base, snapdir: base + "-snap", started: time.Now()}}
+			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, lastContact: rn.lastContact, strictReconfig: cfg.strictReconfig, removed: removed, waldir: base, snapdir: base + "-snap", started: time.Now()}}
 	s := &server{
 		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,
@@ -306,9 +313,63 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		}
 		close(s.removed)
 	}()
-	lg.Info("serving", zap.String("client-url", "http://"+apiLn.Addr().String()), zap.String("peer-url", cfg.cluster[cfg.id-1]),
+	clientURL := cfg.clientURL
+	if clientURL == "" {
+		clientURL = defaultClientURL(cfg.listen, peerURL.Hostname(), apiLn.Addr())
+	}
+	s.wg.Add(1)
+	go s.publishClientURL(clientURL)
+	lg.Info("serving", zap.String("client-url", clientURL), zap.String("peer-url", cfg.cluster[cfg.id-1]),
 		zap.Strings("cluster", cfg.cluster), zap.Bool("join", cfg.join), zap.String("data-dir", base))
 	return s, nil
+}
+
+// defaultClientURL is where clients reach this member when
+// --advertise-client-url is not given: the listen host, or the peer URL's
+// host when the API listens on every address.
+func defaultClientURL(listen, peerHost string, addr net.Addr) string {
+	host := listen
+	if ip := net.ParseIP(listen); ip != nil && ip.IsUnspecified() {
+		host = peerHost
+	}
+	port := "0"
+	if a, ok := addr.(*net.TCPAddr); ok {
+		port = strconv.Itoa(a.Port)
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+// publishClientURL records u as this member's client URL in the
+// replicated membership (so every member lists it), retrying until that is
+// applied or the server stops. It does nothing when the membership already
+// holds u, as after a restart.
+func (s *server) publishClientURL(u string) {
+	defer s.wg.Done()
+	wait := 200 * time.Millisecond
+	for {
+		isMember, _, _, _, _ := s.kv.members.lookup(s.cfg.id)
+		switch {
+		case s.kv.members.clientURL(s.cfg.id) == u:
+			return
+		case isMember && s.rn.leader() != 0:
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.requestTimeout)
+			err := s.kv.PublishClientURL(ctx, u)
+			cancel()
+			if err == nil {
+				s.lg.Info("published client URL", zap.String("client-url", u))
+				return
+			}
+			s.lg.Debug("publishing client URL; will retry", zap.Error(err))
+			wait = min(2*wait, 5*time.Second)
+		}
+		select {
+		case <-s.stopc:
+			return
+		case <-s.removed:
+			return
+		case <-time.After(wait):
+		}
+	}
 }
 
 // stopParts stops the raft node and the state machine in the one order that

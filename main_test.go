@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,7 @@ func TestParseConfigRejects(t *testing.T) {
 		"--request-timeout 0s": {"--request-timeout", "0s"},
 		"invalid value":        {"--port", "abc"},
 		"--tick 0":             {"--tick", "0"},
+		"client URL":           {"--advertise-client-url", "ftp://h:1"},
 	}
 	for want, args := range cases {
 		_, err := parseConfig(args, func(string) string { return "" }, nil)
@@ -76,5 +78,19 @@ func TestRunExitCodes(t *testing.T) {
 	}
 	if lines := strings.Count(strings.TrimSpace(errOut.String()), "\n") + 1; lines != 1 || !strings.Contains(errOut.String(), "--id") {
 		t.Errorf("--id 0 should print one clear line, got %q", errOut.String())
+	}
+}
+
+func TestDefaultClientURL(t *testing.T) {
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 12380}
+	for _, tc := range []struct{ listen, peerHost, want string }{
+		{"127.0.0.1", "10.0.0.1", "http://127.0.0.1:12380"},
+		{"0.0.0.0", "node1.example", "http://node1.example:12380"},
+		{"::", "fe80::1", "http://[fe80::1]:12380"},
+		{"node2", "10.0.0.2", "http://node2:12380"},
+	} {
+		if got := defaultClientURL(tc.listen, tc.peerHost, addr); got != tc.want {
+			t.Errorf("listen %q, peer host %q: %q, want %q", tc.listen, tc.peerHost, got, tc.want)
+		}
 	}
 }

@@ -15,6 +15,9 @@ import (
 
 // membership is the applied cluster membership: the members with their
 // peer URLs, and every id ever removed (a removed id is never reused).
+// Client URLs are not part of a membership change: each member publishes
+// its own through the log once it runs (opMemberAttrs), so they are
+// replicated and snapshotted like the rest but may be unknown for a while.
 // Changed only by the state machine's apply goroutine (applyMembership,
 // restore); read by anyone: the raft node asks isRemoved on every message.
 //
@@ -25,11 +28,12 @@ type membership struct {
 	mu       sync.RWMutex // guards the maps
 	members  map[uint64]string
 	removed  map[uint64]bool
-	learners map[uint64]bool // a subset of members
+	learners map[uint64]bool   // a subset of members
+	clients  map[uint64]string // client URLs, of members only
 }
 
 func newMembership() *membership {
-	return &membership{members: map[uint64]string{}, removed: map[uint64]bool{}, learners: map[uint64]bool{}}
+	return &membership{members: map[uint64]string{}, removed: map[uint64]bool{}, learners: map[uint64]bool{}, clients: map[uint64]string{}}
 }
 
 // peerSet is how the apply path changes whom the transport talks to.
@@ -82,13 +86,40 @@ func (m *membership) list() (map[uint64]string, map[uint64]bool) {
 	return maps.Clone(m.members), maps.Clone(m.removed)
 }
 
+// clientURLs returns a copy of the published client URLs.
+func (m *membership) clientURLs() map[uint64]string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return maps.Clone(m.clients)
+}
+
+// clientURL is member id's published client URL ("" if none).
+func (m *membership) clientURL(id uint64) string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.clients[id]
+}
+
+// setClientURL records a member's client URL; it reports false, and
+// records nothing, for an id that is not a member (it was removed after
+// it published).
+func (m *membership) setClientURL(id uint64, u string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.members[id]; !ok {
+		return false
+	}
+	m.clients[id] = u
+	return true
+}
+
 // replace sets the whole membership (from a snapshot) and returns the
 // members it had before.
-func (m *membership) replace(members map[uint64]string, removed, learners map[uint64]bool) map[uint64]string {
+func (m *membership) replace(members map[uint64]string, removed, learners map[uint64]bool, clients map[uint64]string) map[uint64]string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	old := m.members
-	m.members, m.removed, m.learners = members, removed, learners
+	m.members, m.removed, m.learners, m.clients = members, removed, learners, clients
 	return old
 }
 
@@ -112,6 +143,7 @@ func (m *membership) remove(id uint64) {
 	defer m.mu.Unlock()
 	delete(m.members, id)
 	delete(m.learners, id)
+	delete(m.clients, id)
 	m.removed[id] = true
 }
 
@@ -247,6 +279,15 @@ func (s *kvstore) proposeChange(ctx context.Context, kind raftpb.ConfChangeType,
 	return res.index, err
 }
 
+// PublishClientURL proposes recording u as this member's client URL.
+func (s *kvstore) PublishClientURL(ctx context.Context, u string) error {
+	res, err := s.Apply(ctx, &op{kind: opMemberAttrs, member: s.selfID, value: u})
+	if err == nil && !res.succeeded {
+		err = errNoMember
+	}
+	return err
+}
+
 // Members returns a copy of the applied membership.
 func (s *kvstore) Members() map[uint64]string {
 	members, _ := s.members.list()
@@ -254,23 +295,27 @@ func (s *kvstore) Members() map[uint64]string {
 }
 
 // validatePeerURL accepts http(s)://host:port with nothing after it.
-func validatePeerURL(raw string) error {
+func validatePeerURL(raw string) error { return validateURL("peer", raw) }
+
+// validateURL checks a peer or client URL: http(s)://host:port with
+// nothing after it.
+func validateURL(what, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("peer URL %q is not a URL: %w", raw, err)
+		return fmt.Errorf("%s URL %q is not a URL: %w", what, raw, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return fmt.Errorf("peer URL %q must start with http:// or https://", raw)
+		return fmt.Errorf("%s URL %q must start with http:// or https://", what, raw)
 	}
 	if u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" || u.ForceQuery {
-		return fmt.Errorf("peer URL %q must be scheme://host:port with no user, path, query or fragment", raw)
+		return fmt.Errorf("%s URL %q must be scheme://host:port with no user, path, query or fragment", what, raw)
 	}
 	host, port, err := net.SplitHostPort(u.Host)
 	if err != nil || host == "" {
-		return fmt.Errorf("peer URL %q must name a host and a port", raw)
+		return fmt.Errorf("%s URL %q must name a host and a port", what, raw)
 	}
 	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
-		return fmt.Errorf("peer URL %q has an invalid port", raw)
+		return fmt.Errorf("%s URL %q has an invalid port", what, raw)
 	}
 	return nil
 }

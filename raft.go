@@ -99,6 +99,10 @@ type raftNode struct {
 	stopc    chan struct{} // closed by stop: every goroutine below returns
 	removedC chan struct{} // closed when a peer tells us we were removed
 	lastTick atomic.Int64  // when the ready loop last ticked raft (unix ns); read by /livez
+	// heard maps a peer id to when a message from it last arrived (unix ns,
+	// *atomic.Int64): written by the transport's goroutines in Process, read
+	// by /v1/members.
+	heard    sync.Map
 	stopOnce sync.Once
 	wg       sync.WaitGroup
 }
@@ -590,7 +594,24 @@ func (rc *raftNode) readIndexRound() (uint64, error) {
 // The rafthttp.Raft interface: how the transport reaches raft.
 
 func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
+	now := time.Now().UnixNano()
+	if t, ok := rc.heard.Load(m.GetFrom()); ok {
+		t.(*atomic.Int64).Store(now)
+	} else {
+		t := new(atomic.Int64)
+		t.Store(now)
+		rc.heard.Store(m.GetFrom(), t)
+	}
 	return rc.node.Step(ctx, m)
+}
+
+// lastContact is when a message from peer id last arrived (zero: never,
+// since this member started).
+func (rc *raftNode) lastContact(id uint64) time.Time {
+	if t, ok := rc.heard.Load(id); ok {
+		return time.Unix(0, t.(*atomic.Int64).Load())
+	}
+	return time.Time{}
 }
 func (rc *raftNode) IsIDRemoved(id uint64) bool { return rc.cfg.isRemoved(id) }
 func (rc *raftNode) ReportUnreachable(id uint64) {

@@ -18,6 +18,8 @@ import (
 //	             the items); an op inside a txn is a kind byte and its
 //	             fields, with no request id, and is never a txn
 //	get          key (only inside a txn)
+//	memberAttrs  member id (a number), client URL: a member publishes
+//	             where clients reach it (never inside a txn)
 //
 // A compare is key, target byte, operator byte, then a string for the
 // value target or a number for the others (1/0 for exists).
@@ -34,6 +36,7 @@ const (
 	opDeletePrefix opKind = 3
 	opTxn          opKind = 4
 	opGet          opKind = 5
+	opMemberAttrs  opKind = 6
 )
 
 func (k opKind) String() string {
@@ -48,17 +51,20 @@ func (k opKind) String() string {
 		return "txn"
 	case opGet:
 		return "get"
+	case opMemberAttrs:
+		return "member-attrs"
 	}
 	return fmt.Sprintf("op(%d)", uint8(k))
 }
 
 // op is one decoded record: a change to apply, or a read inside a txn.
 type op struct {
-	kind  opKind
-	reqID uint64 // 0 inside a txn
-	key   string // the prefix for deletePrefix
-	value string
-	txn   *txn
+	kind   opKind
+	reqID  uint64 // 0 inside a txn
+	key    string // the prefix for deletePrefix
+	value  string // memberAttrs: the client URL
+	member uint64 // memberAttrs: whose attributes
+	txn    *txn
 }
 
 type txn struct {
@@ -111,6 +117,9 @@ func appendOpFields(dst []byte, o *op) []byte {
 		dst = appendString(dst, o.value)
 	case opDelete, opDeletePrefix, opGet:
 		dst = appendString(dst, o.key)
+	case opMemberAttrs:
+		dst = binary.AppendUvarint(dst, o.member)
+		dst = appendString(dst, o.value)
 	case opTxn:
 		dst = binary.AppendUvarint(dst, uint64(len(o.txn.compares)))
 		for _, c := range o.txn.compares {
@@ -175,6 +184,13 @@ func (d *decoder) opFields(o *op, topLevel bool) {
 			return
 		}
 		o.key = d.bytes()
+	case opMemberAttrs:
+		if !topLevel {
+			d.failWith(fmt.Errorf("%w: member attributes inside a txn", errUnknownOp))
+			return
+		}
+		o.member = d.uvarint()
+		o.value = d.bytes()
 	case opTxn:
 		if !topLevel {
 			d.failWith(fmt.Errorf("%w: txn inside a txn", errUnknownOp))

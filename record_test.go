@@ -25,6 +25,7 @@ func TestOpCodecRoundTrip(t *testing.T) {
 			failure: []op{{kind: opGet, key: "lock"}, {kind: opDeletePrefix, key: "x"}, {kind: opDelete, key: "y"}},
 		}},
 		{kind: opTxn, reqID: 11, txn: &txn{}},
+		{kind: opMemberAttrs, reqID: 12, member: 1 << 50, value: "http://127.0.0.1:12380"},
 	}
 	var data []byte
 	for i := range in {
@@ -85,6 +86,7 @@ func TestUnknownOpStopsTheEntry(t *testing.T) {
 		"unknown kind":         append(append([]byte{}, good...), 99, 1, 0),
 		"get at top level":     append(append([]byte{}, good...), byte(opGet), 1, 1, 'k'),
 		"txn in a txn":         txnWith(byte(opTxn)),
+		"member attrs in txn":  txnWith(byte(opMemberAttrs)),
 		"unknown kind in txn":  txnWith(77),
 		"unknown compare":      {byte(opTxn), 2, 1, 1, 'k', 9, 1, 0, 0, 0},
 		"unknown compare oper": {byte(opTxn), 2, 1, 1, 'k', 1, 9, 0, 0, 0},

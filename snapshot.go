@@ -15,14 +15,17 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// Snapshot encoding, versioned by its first four bytes. RKV2 (written
+// Snapshot encoding, versioned by its first four bytes. RKV3 (written
 // now): the index, the members (id, peer URL) and removed ids in id order,
-// then the keys in key order, each with its value, create and mod index and
-// version. RKV1 (the first release: no metadata) is still read; its keys
-// get create = mod = the snapshot's index and version 1.
+// the published client URLs (id, URL) in id order, then the keys in key
+// order, each with its value, create and mod index and version. Older
+// versions are still read: RKV2 has no client URLs; RKV1 (the first
+// release) has no client URLs and no key metadata, so its keys get
+// create = mod = the snapshot's index and version 1.
 var (
 	snapshotMagicV1 = []byte("RKV1")
-	snapshotMagic   = []byte("RKV2")
+	snapshotMagicV2 = []byte("RKV2")
+	snapshotMagic   = []byte("RKV3")
 )
 
 // snapshotState is the whole state machine at one index. keys may be a
@@ -31,11 +34,12 @@ type snapshotState struct {
 	index   uint64
 	members map[uint64]string
 	removed map[uint64]bool
+	clients map[uint64]string // client URLs
 	keys    *btree.BTreeG[*item]
 }
 
 func encodeSnapshot(st *snapshotState) []byte {
-	size := len(snapshotMagic) + 32 + 16*(len(st.members)+len(st.removed))
+	size := len(snapshotMagic) + 32 + 16*(len(st.members)+len(st.removed)) + 48*len(st.clients)
 	st.keys.Ascend(func(it *item) bool {
 		size += len(it.key) + len(it.value) + 40
 		return true
@@ -52,6 +56,11 @@ func encodeSnapshot(st *snapshotState) []byte {
 	for _, id := range slices.Sorted(maps.Keys(st.removed)) {
 		b = binary.AppendUvarint(b, id)
 	}
+	b = binary.AppendUvarint(b, uint64(len(st.clients)))
+	for _, id := range slices.Sorted(maps.Keys(st.clients)) {
+		b = binary.AppendUvarint(b, id)
+		b = appendString(b, st.clients[id])
+	}
 	b = binary.AppendUvarint(b, uint64(st.keys.Len()))
 	st.keys.Ascend(func(it *item) bool {
 		b = appendString(b, it.key)
@@ -65,18 +74,27 @@ func encodeSnapshot(st *snapshotState) []byte {
 }
 
 func decodeSnapshot(data []byte) (*snapshotState, error) {
-	v1 := bytes.HasPrefix(data, snapshotMagicV1)
-	if !v1 && !bytes.HasPrefix(data, snapshotMagic) {
+	v1, v2 := bytes.HasPrefix(data, snapshotMagicV1), bytes.HasPrefix(data, snapshotMagicV2)
+	if !v1 && !v2 && !bytes.HasPrefix(data, snapshotMagic) {
 		return nil, errors.New("not a snapshot of this program (bad magic)")
 	}
 	d := decoder{buf: data[len(snapshotMagic):]}
-	st := &snapshotState{index: d.uvarint(), members: map[uint64]string{}, removed: map[uint64]bool{}, keys: newKeyTree()}
+	st := &snapshotState{index: d.uvarint(), members: map[uint64]string{}, removed: map[uint64]bool{}, clients: map[uint64]string{}, keys: newKeyTree()}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		id := d.uvarint()
 		st.members[id] = d.bytes()
 	}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		st.removed[d.uvarint()] = true
+	}
+	if !v1 && !v2 {
+		for n := d.count(); n > 0 && d.err == nil; n-- {
+			id, u := d.uvarint(), d.bytes()
+			if _, ok := st.members[id]; !ok && d.err == nil {
+				d.failWith(fmt.Errorf("client URL of %d, which is not a member", id))
+			}
+			st.clients[id] = u
+		}
 	}
 	var last string
 	for n := d.count(); n > 0 && d.err == nil; n-- {
@@ -117,7 +135,7 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 	for _, id := range snap.GetMetadata().GetConfState().GetLearners() {
 		learners[id] = true
 	}
-	oldMembers := s.members.replace(st.members, st.removed, learners)
+	oldMembers := s.members.replace(st.members, st.removed, learners, st.clients)
 	s.watch.reset(st.index)
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap = st.index
@@ -163,7 +181,7 @@ func (s *kvstore) maybeSnapshot() {
 	// Clone must not run beside readers of the tree: take the write lock.
 	members, removed := s.members.list()
 	s.mu.Lock()
-	st := &snapshotState{index: index, members: members, removed: removed, keys: s.keys.Clone()}
+	st := &snapshotState{index: index, members: members, removed: removed, clients: s.members.clientURLs(), keys: s.keys.Clone()}
 	s.mu.Unlock()
 	cs := proto.Clone(s.confState).(*raftpb.ConfState)
 	s.lastSnap, s.forceSnap = index, false
