@@ -31,10 +31,10 @@ const debugPrefix = "/debug/"
 
 func isOpsRoute(path string) bool {
 	switch path {
-	case "/livez", "/readyz", "/metrics":
+	case "/livez", "/readyz", "/metrics", "/ui":
 		return true
 	}
-	return strings.HasPrefix(path, debugPrefix)
+	return strings.HasPrefix(path, debugPrefix) || strings.HasPrefix(path, uiPrefix)
 }
 
 // opsConfig is what the operator routes need beyond the store.
@@ -49,7 +49,10 @@ type opsConfig struct {
 	// strictReconfig makes membership changes check it (strictCheck).
 	peerActive func(id uint64) bool
 	// lastContact is when a message from member id last arrived.
-	lastContact     func(id uint64) time.Time
+	lastContact func(id uint64) time.Time
+	// client asks other members (GET /v1/cluster) and passes requests on
+	// to the leader; its idle connections are closed when the server stops.
+	client          *http.Client
 	strictReconfig  bool
 	removed         <-chan struct{} // closed when this member learns it was removed
 	waldir, snapdir string          // for the sizes in /v1/status
@@ -100,6 +103,8 @@ func (h *httpAPI) serveOps(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch p := r.URL.Path; {
+	case p == "/ui" || strings.HasPrefix(p, uiPrefix):
+		h.serveUI(w, r) // dashboard.go
 	case p == "/livez":
 		if _, ok := h.query(w, r); !ok {
 			return

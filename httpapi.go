@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -79,16 +78,15 @@ func (h *httpAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
 	switch p := r.URL.Path; {
 	case p == versionedPrefix+"status":
-		if !h.methods(w, r, http.MethodGet, http.MethodHead) {
-			return
-		}
-		if _, ok := h.query(w, r); ok {
+		if h.plainGet(w, r) {
 			h.status(w)
 		}
 	case p == versionedPrefix+"kv" || strings.HasPrefix(p, kvPrefix):
 		h.serveKV(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"kv"), "/"))
 	case p == versionedPrefix+"members" || strings.HasPrefix(p, versionedPrefix+"members/"):
 		h.serveMembers(w, r, strings.TrimPrefix(strings.TrimPrefix(p, versionedPrefix+"members"), "/")) // httpops.go
+	case p == versionedPrefix+"cluster":
+		h.cluster(w, r) // dashboard.go
 	case p == versionedPrefix+"leader/transfer":
 		h.transferLeader(w, r)
 	case p == versionedPrefix+"log-level":
@@ -100,6 +98,15 @@ func (h *httpAPI) serveV1(w http.ResponseWriter, r *http.Request) {
 	default:
 		h.reject(w, r, http.StatusNotFound, "no_route", "no such route "+strconv.Quote(r.URL.Path)+"; paths under "+versionedPrefix+" are the versioned API, not keys")
 	}
+}
+
+// plainGet answers an error unless r is a GET or HEAD without a query.
+func (h *httpAPI) plainGet(w http.ResponseWriter, r *http.Request) bool {
+	if !h.methods(w, r, http.MethodGet, http.MethodHead) {
+		return false
+	}
+	_, ok := h.query(w, r)
+	return ok
 }
 
 func isV1(r *http.Request) bool { return strings.HasPrefix(r.URL.Path, versionedPrefix) }
@@ -145,6 +152,7 @@ type statusReply struct {
 	SnapBytes int64          `json:"snapBytes"` // files in the snapshot dir
 	Version   string         `json:"version"`
 	Uptime    float64        `json:"uptimeSeconds"`
+	Traffic   traffic        `json:"traffic"` // for rates and latencies between two polls
 }
 
 type statusMember struct {
@@ -154,6 +162,10 @@ type statusMember struct {
 }
 
 func (h *httpAPI) status(w http.ResponseWriter) {
+	writeJSON(w, http.StatusOK, h.statusNow())
+}
+
+func (h *httpAPI) statusNow() statusReply {
 	st := h.raftStatus()
 	applied, keys := h.store.Applied()
 	lb := h.logBounds()
@@ -168,8 +180,8 @@ func (h *httpAPI) status(w http.ResponseWriter) {
 		reply.Members = append(reply.Members, statusMember{ID: id, PeerURL: u, ClientURL: clients[id]})
 	}
 	slices.SortFunc(reply.Members, func(a, b statusMember) int { return cmp.Compare(a.ID, b.ID) })
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(reply)
+	reply.Traffic = clientTraffic() // metrics.go
+	return reply
 }
 
 func raftStateName(s raft.StateType) string {

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -105,6 +103,9 @@ func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request, id uint64) {
 		return
 	}
 	st := h.raftStatus()
+	if h.forwardToLeader(w, r, st) {
+		return
+	}
 	if st.RaftState != raft.StateLeader {
 		h.reject(w, r, http.StatusConflict, "not_leader", fmt.Sprintf("send this to the leader (member %d): only it knows how far behind the learner is", st.Lead))
 		return
@@ -154,40 +155,9 @@ type membersReply struct {
 }
 
 func (h *httpAPI) members(w http.ResponseWriter, r *http.Request) {
-	if !h.methods(w, r, http.MethodGet, http.MethodHead) {
-		return
-	}
-	if _, ok := h.query(w, r); !ok {
-		return
-	}
-	st := h.raftStatus()
-	reply := membersReply{Member: st.ID, Leader: st.Lead, View: "follower", Members: []memberJSON{}}
-	isLeader := st.RaftState == raft.StateLeader
-	if isLeader {
-		reply.View = "leader"
-	}
-	last := h.logBounds().last
-	learners, clients := h.store.members.learnerSet(), h.store.members.clientURLs()
-	for id, u := range h.store.Members() {
-		m := memberJSON{ID: id, PeerURL: u, ClientURL: clients[id], Voter: !learners[id], Leader: id == st.Lead}
-		if t := h.ops.lastContact; t != nil && id != st.ID {
-			if at := t(id); !at.IsZero() {
-				at = at.UTC()
-				m.LastContact = &at
-			}
-		}
-		if pr, ok := st.Progress[id]; ok && isLeader {
-			match, reachable := pr.Match, pr.RecentActive || id == st.ID
-			lag := uint64(0)
-			if last > match {
-				lag = last - match
-			}
-			m.Match, m.Lag, m.Reachable = &match, &lag, &reachable
-		}
-		reply.Members = append(reply.Members, m)
-	}
-	slices.SortFunc(reply.Members, func(a, b memberJSON) int { return cmp.Compare(a.ID, b.ID) })
-	writeJSON(w, http.StatusOK, reply)
+	if h.plainGet(w, r) {
+		writeJSON(w, http.StatusOK, h.membersView())
+	} // dashboard.go
 }
 
 var errTransfer = errors.New("leadership transfer")

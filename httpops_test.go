@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -178,7 +179,6 @@ func TestLearnerAddPromoteRemove(t *testing.T) {
 		code   int
 		says   string
 	}{
-		{(lead + 1) % 3, "POST", "/v1/members/4/promote", 409, "not_leader"},
 		{lead, "POST", "/v1/members/2/promote", 409, "not_learner"},
 		{lead, "POST", "/v1/members/9/promote", 404, "no_such_member"},
 		{lead, "POST", "/v1/members/x/promote", 400, "bad_member_id"},
@@ -189,6 +189,15 @@ func TestLearnerAddPromoteRemove(t *testing.T) {
 		if r := do(t, tc.method, c.url(tc.member, tc.path), ""); r.code != tc.code || !strings.Contains(r.body, tc.says) {
 			t.Errorf("%s %s on member %d: %d %q; want %d with %q", tc.method, tc.path, tc.member+1, r.code, r.body, tc.code, tc.says)
 		}
+	}
+	// A follower passes a promotion on to the leader, once: one that
+	// arrives forwarded is not passed on again.
+	req, _ := http.NewRequest("POST", c.url((lead+1)%3, "/v1/members/4/promote"), nil)
+	req.Header.Set(forwardedHeader, "9")
+	if resp, err := httpClient.Do(req); err != nil || resp.StatusCode != 409 {
+		t.Errorf("forwarded promotion on a follower: %v %v, want 409 not_leader", resp, err)
+	} else {
+		resp.Body.Close()
 	}
 	for _, body := range []string{`{"peer_url": "ftp://x:1"}`, `{"peer_url": "http://127.0.0.1:1", "id": 0}`, `nope`, `{"peer_url": "http://127.0.0.1:1", "id": 2}`} {
 		if r := do(t, "POST", c.url(lead, "/v1/members"), body); r.code/100 != 4 {
@@ -212,7 +221,8 @@ func TestLearnerAddPromoteRemove(t *testing.T) {
 
 	lead = c.leader()
 	eventually(t, 10*time.Second, func() error {
-		if r := do(t, "POST", c.url(lead, "/v1/members/4/promote"), ""); r.code != 200 {
+		// Sent to a follower, which passes it on to the leader.
+		if r := do(t, "POST", c.url((lead+1)%3, "/v1/members/4/promote"), ""); r.code != 200 {
 			return fmt.Errorf("promote: %d %q", r.code, r.body)
 		}
 		return nil

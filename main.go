@@ -283,7 +283,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
 		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
 		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
-			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, lastContact: rn.lastContact, strictReconfig: cfg.strictReconfig, removed: removed, waldir: base, snapdir: base + "-snap", started: time.Now()}}
+			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, lastContact: rn.lastContact, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}}, strictReconfig: cfg.strictReconfig, removed: removed, waldir: base, snapdir: base + "-snap", started: time.Now()}}
 	s := &server{
 		h:  h,
 		lg: lg, cfg: cfg, kv: kv, rn: rn, apiLn: apiLn,
@@ -397,6 +397,7 @@ func (s *server) stop() {
 			s.api.Close()
 		}
 		cancel()
+		s.h.ops.client.CloseIdleConnections()
 		stopParts(s.rn, s.kv)
 		s.wg.Wait()
 	})

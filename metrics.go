@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // The server's own Prometheus metrics, beside what etcd's rafthttp, wal and
@@ -149,3 +150,85 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 }
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// traffic is the client reads and writes this process has served since it
+// started, as cumulative latency histograms (from metricRequests): two
+// polls give the rate and latency percentiles between them.
+type traffic struct {
+	Bounds []float64 `json:"bounds"` // bucket upper bounds in seconds, for both
+	Reads  histogram `json:"reads"`
+	Writes histogram `json:"writes"`
+}
+
+type histogram struct {
+	Count   uint64   `json:"count"`
+	Sum     float64  `json:"sumSeconds"`
+	Buckets []uint64 `json:"buckets"` // cumulative counts, one per bound
+	Errors  uint64   `json:"errors"`  // answered 5xx (also in Count)
+}
+
+// trafficRoutes says which routes count as reads and writes (watches,
+// membership and operator routes are neither).
+var trafficRoutes = map[string]bool{
+	"root_get": false, "v1_kv_get": false, "v1_kv_head": false,
+	"root_put": true, "v1_kv_put": true, "v1_kv_delete": true, "v1_txn": true,
+}
+
+func clientTraffic() traffic {
+	var t traffic
+	ch := make(chan prometheus.Metric, 16)
+	go func() {
+		metricRequests.Collect(ch)
+		close(ch)
+	}()
+	for m := range ch {
+		var d dto.Metric
+		if m.Write(&d) != nil || d.GetHistogram() == nil {
+			continue
+		}
+		var route, code string
+		for _, l := range d.GetLabel() {
+			switch l.GetName() {
+			case "route":
+				route = l.GetValue()
+			case "code":
+				code = l.GetValue()
+			}
+		}
+		write, ok := trafficRoutes[route]
+		if !ok {
+			continue
+		}
+		hist := &t.Reads
+		if write {
+			hist = &t.Writes
+		}
+		dh := d.GetHistogram()
+		hist.Count += dh.GetSampleCount()
+		hist.Sum += dh.GetSampleSum()
+		if code == "5xx" {
+			hist.Errors += dh.GetSampleCount()
+		}
+		bs := dh.GetBucket()
+		if t.Bounds == nil {
+			for _, b := range bs {
+				t.Bounds = append(t.Bounds, b.GetUpperBound())
+			}
+		}
+		if len(hist.Buckets) < len(bs) {
+			hist.Buckets = append(hist.Buckets, make([]uint64, len(bs)-len(hist.Buckets))...)
+		}
+		for i, b := range bs {
+			hist.Buckets[i] += b.GetCumulativeCount()
+		}
+	}
+	if t.Bounds == nil {
+		t.Bounds = []float64{}
+	}
+	for _, hist := range []*histogram{&t.Reads, &t.Writes} {
+		if hist.Buckets == nil {
+			hist.Buckets = make([]uint64, len(t.Bounds))
+		}
+	}
+	return t
+}

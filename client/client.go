@@ -289,8 +289,9 @@ type Status struct {
 	LastIndex uint64 `json:"lastIndex"`
 	Keys      int    `json:"keys"`
 	Members   []struct {
-		ID      uint64 `json:"id"`
-		PeerURL string `json:"peerURL"`
+		ID        uint64 `json:"id"`
+		PeerURL   string `json:"peerURL"`
+		ClientURL string `json:"clientURL,omitempty"` // absent until the member has published it
 	} `json:"members"`
 	WALBytes  int64   `json:"walBytes"`
 	SnapBytes int64   `json:"snapBytes"`
