@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"bytes"
@@ -74,7 +74,7 @@ func (memTarget) Close() {}
 func runBench(t *testing.T, dial func(string) Target, args ...string) (int, string, *result) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	code := run(context.Background(), args, &out, &errOut, false, dial)
+	code := Run(context.Background(), args, &out, &errOut, false, dial)
 	text := out.String() + errOut.String()
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	var r result
@@ -149,7 +149,7 @@ func TestVerifyCatchesLostWrites(t *testing.T) {
 }
 
 func TestNothingSucceeds(t *testing.T) {
-	code, out, r := runBench(t, newRaftexampleTarget, "--endpoints", "http://127.0.0.1:1", "--clients", "2", "--warmup", "0s",
+	code, out, r := runBench(t, NewRaftexampleTarget, "--endpoints", "http://127.0.0.1:1", "--clients", "2", "--warmup", "0s",
 		"--duration", "300ms", "--timeout", "100ms")
 	if code != exitNothing || r.Ops != 0 || r.Errors["transport"] == 0 {
 		t.Fatalf("exit %d, %+v:\n%s", code, r, out)
@@ -165,7 +165,7 @@ func TestRealCluster(t *testing.T) {
 		{"--op", "mixed", "--keys", "uniform", "--keyspace", "50"},
 	} {
 		args = append(args, "--endpoints", eps, "--clients", "4", "--warmup", "200ms", "--duration", "1s")
-		code, out, r := runBench(t, newRaftexampleTarget, args...)
+		code, out, r := runBench(t, NewRaftexampleTarget, args...)
 		if code != exitOK || r.Ops == 0 || (r.Verify != nil && r.Verify.Lost != 0) {
 			t.Fatalf("%q: exit %d\n%s", args, code, out)
 		}

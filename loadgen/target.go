@@ -1,4 +1,4 @@
-package main
+package loadgen
 
 import (
 	"context"
@@ -47,7 +47,8 @@ type raftexampleTarget struct {
 	tr *http.Transport
 }
 
-func newRaftexampleTarget(endpoint string) Target {
+// NewRaftexampleTarget speaks this project's /v1 API at endpoint.
+func NewRaftexampleTarget(endpoint string) Target {
 	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}
 	return &raftexampleTarget{c: client.New(endpoint, &http.Client{Transport: tr}), tr: tr}
 }

@@ -1,0 +1,389 @@
+// Command bench runs the side-by-side comparison with etcd: it builds etcd
+// from the Go module proxy and this server from the repository, starts
+// three members of each on loopback ports with fresh data dirs (one store
+// at a time), drives both with the same load engine (package loadgen) at
+// each client count for PUT and for linearizable and serializable GET,
+// repeats the whole pass, and prints a table of medians and ratios with
+// the machine's cores and fsync rate, server CPU per operation (from /proc
+// for each member) and resident memory.
+//
+//	cd bench && go run . --passes 3
+//
+// It is a module of its own so that etcd's client stays out of the
+// server's dependencies. Linux only (/proc, fdatasync).
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"raftexample/loadgen"
+)
+
+type options struct {
+	passes    int
+	clients   []int
+	ops       []string
+	duration  time.Duration
+	warmup    time.Duration
+	valueSize int
+	keyspace  int
+	work      string
+	repo      string
+	etcdVer   string
+	etcdBin   string
+	systems   []string
+	out       string
+}
+
+// measurement is one load run against one store.
+type measurement struct {
+	System     string  `json:"system"`
+	Pass       int     `json:"pass"`
+	Op         string  `json:"op"`
+	Clients    int     `json:"clients"`
+	OpsPerSec  float64 `json:"ops_per_sec"`
+	P50        float64 `json:"p50_ms"`
+	P99        float64 `json:"p99_ms"`
+	P999       float64 `json:"p99.9_ms"`
+	Errors     int64   `json:"errors"`
+	CPUPerOpUs float64 `json:"cpu_us_per_op"` // all members' user+system CPU / ops
+	RSSMB      float64 `json:"rss_mb"`        // largest member's RSS after the run
+	PeakRSSMB  float64 `json:"peak_rss_mb"`   // largest member's peak RSS so far
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	opts, err := parse(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	if err := run(ctx, opts, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func parse(args []string) (*options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	o := &options{}
+	fs.IntVar(&o.passes, "passes", 3, "whole passes over every store, op and client count; the table shows medians")
+	clients := fs.String("clients", "1,16,64,256", "client counts")
+	ops := fs.String("ops", "put,get,get-serializable", "what to measure: put, get (linearizable), get-serializable")
+	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per run")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "load before each measured run (not counted)")
+	fs.IntVar(&o.valueSize, "value-size", 256, "bytes per value")
+	fs.IntVar(&o.keyspace, "keyspace", 10000, "keys written before the reads, which pick among them uniformly")
+	fs.StringVar(&o.work, "work", "", "directory for binaries, data and logs (default: a new temp dir, removed after a successful run)")
+	fs.StringVar(&o.repo, "repo", "..", "this repository's root (to build the server)")
+	fs.StringVar(&o.etcdVer, "etcd-version", "v3.7.3", "etcd version to build from the module proxy")
+	fs.StringVar(&o.etcdBin, "etcd-bin", "", "use this etcd binary instead of building one")
+	systems := fs.String("systems", "etcd,raftexample", "stores to measure, in order")
+	fs.StringVar(&o.out, "out", "", "also write every measurement as JSON to this file")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	for _, f := range strings.Split(*clients, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("invalid --clients entry %q", f)
+		}
+		o.clients = append(o.clients, n)
+	}
+	for _, op := range strings.Split(*ops, ",") {
+		if op = strings.TrimSpace(op); !slices.Contains([]string{"put", "get", "get-serializable"}, op) {
+			return nil, fmt.Errorf("invalid --ops entry %q: use put, get, get-serializable", op)
+		}
+		o.ops = append(o.ops, op)
+	}
+	for _, s := range strings.Split(*systems, ",") {
+		if s = strings.TrimSpace(s); s != "etcd" && s != "raftexample" {
+			return nil, fmt.Errorf("invalid --systems entry %q: use etcd, raftexample", s)
+		}
+		o.systems = append(o.systems, s)
+	}
+	if o.passes < 1 || o.duration <= 0 || o.warmup < 0 || o.valueSize < 1 || o.keyspace < 1 {
+		return nil, errors.New("--passes, --duration, --value-size and --keyspace must be positive, --warmup not negative")
+	}
+	return o, nil
+}
+
+func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
+	keep := o.work != ""
+	if o.work == "" {
+		dir, err := os.MkdirTemp("", "raftexample-bench-")
+		if err != nil {
+			return err
+		}
+		o.work = dir
+	}
+	work, err := filepath.Abs(o.work)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", args...) }
+
+	bins := map[string]string{}
+	if slices.Contains(o.systems, "etcd") {
+		if bins["etcd"] = o.etcdBin; o.etcdBin == "" {
+			logf("building etcd %s from the module proxy (a few minutes the first time)", o.etcdVer)
+			if bins["etcd"], err = buildEtcd(ctx, work, o.etcdVer); err != nil {
+				return err
+			}
+		}
+	}
+	if slices.Contains(o.systems, "raftexample") {
+		logf("building raftexample from %s", o.repo)
+		bins["raftexample"] = filepath.Join(work, "raftexample")
+		if err := goCmd(ctx, o.repo, "build", "-o", bins["raftexample"], ".").Run(); err != nil {
+			return fmt.Errorf("build raftexample: %w", err)
+		}
+	}
+	fsyncs, err := fsyncRate(work)
+	if err != nil {
+		return fmt.Errorf("measure fsync rate: %w", err)
+	}
+
+	var all []measurement
+	for pass := 1; pass <= o.passes; pass++ {
+		for _, sys := range o.systems {
+			ms, err := measureSystem(ctx, o, sys, bins[sys], filepath.Join(work, fmt.Sprintf("pass%d-%s", pass, sys)), pass, logf)
+			if err != nil {
+				return err
+			}
+			all = append(all, ms...)
+		}
+	}
+	if o.out != "" {
+		b, _ := json.MarshalIndent(all, "", "  ")
+		if err := os.WriteFile(o.out, b, 0o644); err != nil {
+			return err
+		}
+	}
+	printTable(stdout, o, all, fsyncs)
+	if !keep {
+		os.RemoveAll(work)
+	}
+	return nil
+}
+
+// measureSystem starts a fresh cluster of one store, loads the keys the
+// reads use, and measures every op at every client count.
+func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass int, logf func(string, ...any)) ([]measurement, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	start, dial := startRaftexample, loadgen.NewRaftexampleTarget
+	if sys == "etcd" {
+		start, dial = startEtcd, newEtcdTarget
+	}
+	c, err := start(ctx, bin, dir, 3)
+	if err != nil {
+		return nil, err
+	}
+	defer c.stop()
+	endpoints := strings.Join(c.endpoints, ",")
+	common := []string{"--endpoints", endpoints, "--value-size", strconv.Itoa(o.valueSize)}
+	logf("pass %d, %s: loading %d keys", pass, sys, o.keyspace)
+	if _, err := load(ctx, dial, append(common, "--op", "put", "--keys", "fresh", "--prefix", "pre/", "--clients", "64",
+		"--warmup", "0s", "--count", strconv.Itoa(o.keyspace))); err != nil {
+		return nil, fmt.Errorf("%s: load keys: %w", sys, err)
+	}
+	var out []measurement
+	for _, op := range o.ops {
+		for _, n := range o.clients {
+			args := append(slices.Clone(common), "--clients", strconv.Itoa(n))
+			switch op {
+			case "put":
+				args = append(args, "--op", "put", "--keys", "fresh", "--prefix", fmt.Sprintf("%s-%d/", op, n))
+			default:
+				cons := "linearizable"
+				if op == "get-serializable" {
+					cons = "serializable"
+				}
+				args = append(args, "--op", "get", "--consistency", cons, "--keys", "uniform", "--prefix", "pre/",
+					"--keyspace", strconv.Itoa(o.keyspace))
+			}
+			if o.warmup > 0 {
+				if _, err := load(ctx, dial, append(slices.Clone(args), "--warmup", "0s", "--duration", o.warmup.String())); err != nil {
+					return nil, fmt.Errorf("%s %s at %d clients (warm-up): %w", sys, op, n, err)
+				}
+			}
+			cpu0, err := c.cpuSeconds()
+			if err != nil {
+				return nil, err
+			}
+			r, err := load(ctx, dial, append(args, "--warmup", "0s", "--duration", o.duration.String()))
+			if err != nil {
+				return nil, fmt.Errorf("%s %s at %d clients: %w", sys, op, n, err)
+			}
+			cpu1, err := c.cpuSeconds()
+			if err != nil {
+				return nil, err
+			}
+			rss, peak := c.rssMB()
+			m := measurement{System: sys, Pass: pass, Op: op, Clients: n, OpsPerSec: r.OpsPerSec,
+				P50: r.LatencyMs.P50, P99: r.LatencyMs.P99, P999: r.LatencyMs.P999, RSSMB: rss, PeakRSSMB: peak}
+			for _, e := range r.Errors {
+				m.Errors += e
+			}
+			if r.Ops > 0 {
+				m.CPUPerOpUs = (cpu1 - cpu0) / float64(r.Ops) * 1e6
+			}
+			logf("pass %d, %s %s at %d clients: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op, %d errors",
+				pass, sys, op, n, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.Errors)
+			out = append(out, m)
+		}
+	}
+	return out, nil
+}
+
+// loadResult is the part of loadgen's JSON line that the table uses.
+type loadResult struct {
+	Ops       int64   `json:"ops"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	LatencyMs struct {
+		P50  float64 `json:"p50"`
+		P99  float64 `json:"p99"`
+		P999 float64 `json:"p99.9"`
+	} `json:"latency_ms"`
+	Errors map[string]int64 `json:"errors"`
+}
+
+func load(ctx context.Context, dial func(string) loadgen.Target, args []string) (*loadResult, error) {
+	var out, errOut bytes.Buffer
+	if code := loadgen.Run(ctx, args, &out, &errOut, false, dial); code != 0 {
+		return nil, fmt.Errorf("load tool exit status %d: %s", code, strings.TrimSpace(errOut.String()))
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	var r loadResult
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
+		return nil, fmt.Errorf("load tool output: %w", err)
+	}
+	return &r, nil
+}
+
+func goCmd(ctx context.Context, dir string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod")
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// buildEtcd builds etcd's server at version in a throwaway module under
+// work (kept there, so later runs with the same --work reuse it).
+func buildEtcd(ctx context.Context, work, version string) (string, error) {
+	bin := filepath.Join(work, "etcd-"+version)
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	mod := filepath.Join(work, "etcd-build")
+	if err := os.MkdirAll(mod, 0o755); err != nil {
+		return "", err
+	}
+	for _, args := range [][]string{
+		{"mod", "init", "etcdbuild"},
+		{"get", "go.etcd.io/etcd/server/v3@" + version},
+		{"build", "-o", bin, "go.etcd.io/etcd/server/v3"},
+	} {
+		if _, err := os.Stat(filepath.Join(mod, "go.mod")); err == nil && args[0] == "mod" {
+			continue
+		}
+		if err := goCmd(ctx, mod, args...).Run(); err != nil {
+			return "", fmt.Errorf("build etcd (go %s): %w", strings.Join(args, " "), err)
+		}
+	}
+	return bin, nil
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
+	host, _ := os.Hostname()
+	fmt.Fprintf(w, "machine: %s, %d cores, %s/%s, %.0f fsyncs/s (4 KiB write + fdatasync), %s\n",
+		host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, fsyncs, runtime.Version())
+	fmt.Fprintf(w, "runs: %d pass(es), %v each after %v warm-up, %d-byte values, reads over %d keys; medians of the passes\n\n",
+		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\terrors (etcd/ours)\t")
+	pick := func(sys, op string, n int, f func(measurement) float64) float64 {
+		var xs []float64
+		for _, m := range all {
+			if m.System == sys && m.Op == op && m.Clients == n {
+				xs = append(xs, f(m))
+			}
+		}
+		return median(xs)
+	}
+	ratio := func(a, b float64) string {
+		if a == 0 || b == 0 {
+			return "–"
+		}
+		return fmt.Sprintf("%.2f×", b/a)
+	}
+	for _, op := range o.ops {
+		for _, n := range o.clients {
+			get := func(sys string, f func(measurement) float64) float64 { return pick(sys, op, n, f) }
+			eOps, oOps := get("etcd", func(m measurement) float64 { return m.OpsPerSec }), get("raftexample", func(m measurement) float64 { return m.OpsPerSec })
+			eCPU, oCPU := get("etcd", func(m measurement) float64 { return m.CPUPerOpUs }), get("raftexample", func(m measurement) float64 { return m.CPUPerOpUs })
+			var eErr, oErr int64
+			for _, m := range all {
+				if m.Op == op && m.Clients == n {
+					if m.System == "etcd" {
+						eErr += m.Errors
+					} else {
+						oErr += m.Errors
+					}
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%d/%d\t\n", op, n, eOps, oOps, ratio(eOps, oOps),
+				get("etcd", func(m measurement) float64 { return m.P50 }), get("raftexample", func(m measurement) float64 { return m.P50 }),
+				get("etcd", func(m measurement) float64 { return m.P999 }), get("raftexample", func(m measurement) float64 { return m.P999 }),
+				eCPU, oCPU, ratio(eCPU, oCPU), eErr, oErr)
+		}
+	}
+	tw.Flush()
+	for _, sys := range o.systems {
+		var peak float64
+		for _, m := range all {
+			if m.System == sys {
+				peak = max(peak, m.PeakRSSMB)
+			}
+		}
+		fmt.Fprintf(w, "%s: largest member RSS %.0f MiB\n", sys, peak)
+	}
+}
