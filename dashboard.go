@@ -5,6 +5,7 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -81,17 +82,22 @@ type clusterReply struct {
 }
 
 // cluster answers GET /v1/cluster: every member with its own status,
-// gathered now, in parallel, each within fanoutTimeout.
+// gathered now: first the leader's view of the members, then, in parallel,
+// each member's status, each step within fanoutTimeout.
 func (h *httpAPI) cluster(w http.ResponseWriter, r *http.Request) {
 	if !h.plainGet(w, r) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), fanoutTimeout)
-	defer cancel()
 	view := h.membersView()
 	if local := view; view.View != "leader" && view.Leader != 0 {
 		var lv membersReply
-		if u := h.store.members.clientURL(view.Leader); u != "" && h.fetchJSON(ctx, u+versionedPrefix+"members", &lv) == nil && lv.View == "leader" {
+		ctx, cancel := context.WithTimeout(r.Context(), fanoutTimeout)
+		err := errors.New("no client URL known")
+		if u := h.store.members.clientURL(view.Leader); u != "" {
+			err = h.fetchJSON(ctx, u+versionedPrefix+"members", &lv)
+		}
+		cancel()
+		if err == nil && lv.View == "leader" {
 			view = lv
 			// Last contact as the leader sees each follower, and as this
 			// member sees the leader.
@@ -107,6 +113,8 @@ func (h *httpAPI) cluster(w http.ResponseWriter, r *http.Request) {
 	self := h.raftStatus().ID
 	reply := clusterReply{Member: self, Leader: h.raftStatus().Lead, View: view.View, Time: time.Now().UTC(),
 		Members: make([]clusterMember, len(view.Members))}
+	ctx, cancel := context.WithTimeout(r.Context(), fanoutTimeout)
+	defer cancel()
 	var wg sync.WaitGroup
 	for i, m := range view.Members {
 		cm := &reply.Members[i]

@@ -56,6 +56,15 @@ func (c *Cluster) addNode(ctx context.Context, learner bool) (uint64, error) {
 		kind = "learner"
 	}
 	if err := c.change(ctx, kind, id, "http://"+in.addr(), "already in the cluster"); err != nil {
+		if errors.Is(err, errRefused) {
+			// Nothing was proposed: the member never joined and must not
+			// be started (a heal starts every stopped member, and this one
+			// would wait for a leader that never contacts it).
+			c.mu.Lock()
+			n.state = Removed
+			in.cutAll()
+			c.mu.Unlock()
+		}
 		return 0, fmt.Errorf("cluster: add member %d: %w", id, err)
 	}
 	c.Logf("added member %d (learner: %v); starting it with --join", id, learner)
@@ -110,6 +119,10 @@ func (c *Cluster) RemoveNode(ctx context.Context, id uint64) error {
 	return nil
 }
 
+// errRefused says a membership change was refused before anything was
+// proposed: no attempt's outcome was unknown, and a member answered 4xx.
+var errRefused = errors.New("refused")
+
 // change sends a membership request (kind: add, learner or remove) to
 // running members in turn until one applies it. A retry that finds the
 // change already made (doneText in the error) counts as success: an
@@ -142,6 +155,8 @@ func (c *Cluster) change(ctx context.Context, kind string, id uint64, body, done
 				return err
 			case unsure && strings.Contains(e.Message, doneText):
 				return nil
+			case e.Status/100 == 4 && !unsure:
+				return fmt.Errorf("%w: %d: %s", errRefused, e.Status, e.Message)
 			case e.Status/100 == 4:
 				return fmt.Errorf("%d: %s", e.Status, e.Message)
 			}
