@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -139,9 +140,28 @@ func TestLogLevelAtRunTime(t *testing.T) {
 	}
 }
 
+// seriesValue is the value of one series in a /metrics body (0 if absent).
+func seriesValue(body, series string) int {
+	for _, line := range strings.Split(body, "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	return 0
+}
+
 func TestOwnMetrics(t *testing.T) {
 	c := newTestCluster(t, 3, func(cfg *config) { cfg.snapshotCount = 20 })
 	lead := c.leader()
+	// The metrics are per process, and earlier tests ran here too: count
+	// from what they left.
+	counted := []string{
+		`raftexample_http_request_duration_seconds_count{code="2xx",route="root_put"}`,
+		`raftexample_http_request_duration_seconds_count{code="4xx",route="v1_kv_get"}`,
+		`raftexample_http_request_duration_seconds_count{code="2xx",route="v1_watch"}`,
+	}
+	before := do(t, "GET", c.url(lead, "/metrics"), "").body
 	for i := range 30 {
 		if r := do(t, "PUT", c.url(lead, fmt.Sprintf("/m%d", i)), "v"); r.code != 204 {
 			t.Fatalf("PUT: %d %q", r.code, r.body)
@@ -156,10 +176,12 @@ func TestOwnMetrics(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, func() error {
 		body := do(t, "GET", c.url(lead, "/metrics"), "").body
+		for i, more := range []int{30, 1, 1} {
+			if got := seriesValue(body, counted[i]) - seriesValue(before, counted[i]); got != more {
+				return fmt.Errorf("/metrics: %s grew by %d, want %d", counted[i], got, more)
+			}
+		}
 		for _, want := range []string{
-			`raftexample_http_request_duration_seconds_count{code="2xx",route="root_put"} 30`,
-			`raftexample_http_request_duration_seconds_count{code="4xx",route="v1_kv_get"} 1`,
-			`raftexample_http_request_duration_seconds_count{code="2xx",route="v1_watch"} 1`,
 			`raftexample_proposals_total{result="applied"}`,
 			`raftexample_has_leader 1`,
 			`raftexample_read_index_duration_seconds_count`,
