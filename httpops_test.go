@@ -65,6 +65,7 @@ func TestLeaderTransfer(t *testing.T) {
 
 	// Named, sent to a follower (raft forwards it to the leader).
 	to := (lead + 1) % 3
+	logFrom := len(c.log.String())
 	r := do(t, "POST", u((lead+2)%3), fmt.Sprintf(`{"to": %d}`, to+1))
 	if r.code != 200 || !strings.Contains(r.body, `"moved":true`) {
 		t.Fatalf("transfer to %d: %d %q", to+1, r.code, r.body)
@@ -72,6 +73,22 @@ func TestLeaderTransfer(t *testing.T) {
 	if now := c.leader(); now != to {
 		t.Fatalf("leader is %d after a transfer to %d", now+1, to+1)
 	}
+	// The member asked logs why the leader changed.
+	eventually(t, 5*time.Second, func() error {
+		// raft forgets the leader during the handover, so the line that
+		// names the new one may come from 0.
+		want := fmt.Sprintf(`"member": %d, "from": `, (lead+2)%3+1)
+		wantTo := fmt.Sprintf(`"to": %d, "term": `, to+1)
+		for _, line := range strings.Split(c.log.String()[logFrom:], "\n") {
+			if strings.Contains(line, "leader changed") && strings.Contains(line, want) && strings.Contains(line, wantTo) && !strings.Contains(line, `"term": 0,`) {
+				if !strings.Contains(line, `"reason": "leadership transfer asked for on this member"`) {
+					return fmt.Errorf("leader change logged without the transfer as its reason: %s", line)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("no leader changed line with %s…%s and a term", want, wantTo)
+	})
 	// Unnamed, on the leader: the most caught-up other voter.
 	r = do(t, "POST", u(to), "")
 	if r.code != 200 || !strings.Contains(r.body, `"moved":true`) {

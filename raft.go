@@ -102,9 +102,12 @@ type raftNode struct {
 	// heard maps a peer id to when a message from it last arrived (unix ns,
 	// *atomic.Int64): written by the transport's goroutines in Process, read
 	// by /v1/members.
-	heard    sync.Map
-	stopOnce sync.Once
-	wg       sync.WaitGroup
+	heard sync.Map
+	// transferTo is the target of the last leadership transfer asked for
+	// on this member, until it leads (for the log line's reason).
+	transferTo atomic.Uint64
+	stopOnce   sync.Once
+	wg         sync.WaitGroup
 }
 
 type readResult struct {
@@ -275,7 +278,8 @@ func (rc *raftNode) readyLoop() {
 				leaderChanged = old != 0 && old != rd.SoftState.Lead
 				isLeader = rd.SoftState.RaftState == raft.StateLeader
 				if old != rd.SoftState.Lead {
-					rc.lg.Info("leader changed", zap.Uint64("from", old), zap.Uint64("to", rd.SoftState.Lead), zap.Uint64("term", rd.HardState.GetTerm()), zap.Stringer("state", rd.SoftState.RaftState))
+					rc.lg.Info("leader changed", zap.Uint64("from", old), zap.Uint64("to", rd.SoftState.Lead), zap.Uint64("term", rc.node.Status().HardState.GetTerm()),
+						zap.Stringer("state", rd.SoftState.RaftState), zap.String("reason", rc.leaderChangeReason(old, rd.SoftState.Lead)))
 					metricLeaderChanges.Inc()
 					hasLeader := 0.0
 					if rd.SoftState.Lead != 0 {
@@ -669,7 +673,26 @@ func (rc *raftNode) leader() uint64 { return rc.lead.Load() }
 // follower forwards the request to the leader. raft gives up after an
 // election timeout if to has not caught up by then.
 func (rc *raftNode) transferLeadership(ctx context.Context, lead, to uint64) {
+	rc.transferTo.Store(to)
 	rc.node.TransferLeadership(ctx, lead, to)
+}
+
+// leaderChangeReason says why the leader moved from old to lead, as far as
+// this member can tell, for the log line.
+func (rc *raftNode) leaderChangeReason(old, lead uint64) string {
+	switch {
+	case lead == 0:
+		return "no leader known: an election is under way, or this member is cut off from the leader"
+	case rc.transferTo.CompareAndSwap(lead, 0):
+		return "leadership transfer asked for on this member"
+	case old == 0 && lead == rc.cfg.id:
+		return "this member won an election"
+	case old == 0:
+		return "heard from the leader"
+	case lead == rc.cfg.id:
+		return "this member won an election (the old leader stopped answering, or handed over)"
+	}
+	return "another member won an election (the old leader stopped answering, or handed over)"
 }
 
 // peerActive reports whether this member has a live connection to member
