@@ -117,6 +117,7 @@ type kvstore struct {
 	lg            *zap.Logger
 	selfID        uint64
 	snapshotCount uint64
+	snapshotFloor uint64 // snapshotSizeFloor; tests lower it
 	raft          raftCalls
 	peers         peerSet
 	members       *membership
@@ -136,6 +137,11 @@ type kvstore struct {
 	// Owned by the apply goroutine.
 	confState *raftpb.ConfState
 	lastSnap  uint64
+	// logBytes is the entry data applied since the snapshot at lastSnap.
+	logBytes uint64
+	// lastSnapBytes is the size of the newest snapshot: set when one is
+	// restored, and by the snapshot goroutine once it has encoded one.
+	lastSnapBytes atomic.Uint64
 	// forceSnap asks for a snapshot now: after a member is added to a
 	// compacted log, the newest snapshot must include it in its ConfState,
 	// or the new member refuses every snapshot the leader sends it.
@@ -154,6 +160,7 @@ func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- pr
 		lg:            lg,
 		selfID:        selfID,
 		snapshotCount: snapshotCount,
+		snapshotFloor: snapshotSizeFloor,
 		proposeC:      proposeC,
 		keys:          newKeyTree(),
 		raft:          raft,
@@ -227,6 +234,7 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 	if index <= applied {
 		return // already in the restored snapshot
 	}
+	s.logBytes += uint64(len(e.GetData()))
 	switch e.GetType() {
 	case raftpb.EntryNormal:
 		type done struct {

@@ -62,7 +62,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	join := fs.Bool("join", false, "join an existing cluster (after POST /<id> on a member)")
 	listen := fs.String("listen", "127.0.0.1", "host or IP the client HTTP API listens on")
 	dataDir := fs.String("data-dir", ".", "directory holding raftexample-<id> (WAL) and raftexample-<id>-snap")
-	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots")
+	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots, at the least (a store past 4 MiB also waits until the log since the last snapshot holds half of it)")
 	tick := fs.Int("tick", 100, "raft tick in milliseconds")
 	electionTicks := fs.Int("election-ticks", 10, "ticks without a leader before an election (heartbeat is 1 tick)")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for the cluster before 503")

@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
+	"fmt"
 	"maps"
 	"strings"
+	"sync"
 	"testing"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
 )
 
 func TestSnapshotCodecRoundTrip(t *testing.T) {
@@ -93,5 +99,86 @@ func TestSnapshotClientURLOfNonMemberRejected(t *testing.T) {
 		clients: map[uint64]string{2: "http://a:2"}, keys: newKeyTree()})
 	if _, err := decodeSnapshot(bad); err == nil || !strings.Contains(err.Error(), "not a member") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// snapshotRecorder is raftCalls for a store driven without a raft node: it
+// keeps the size of every snapshot it is asked to save.
+type snapshotRecorder struct {
+	mu    sync.Mutex
+	sizes []int
+}
+
+func (r *snapshotRecorder) applyConfChange(*raftpb.ConfChange) *raftpb.ConfState {
+	return &raftpb.ConfState{}
+}
+func (r *snapshotRecorder) readIndex(context.Context) (uint64, error) { return 0, nil }
+func (r *snapshotRecorder) saveSnapshot(_ uint64, _ *raftpb.ConfState, data []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sizes = append(r.sizes, len(data))
+	return nil
+}
+
+type noPeers struct{}
+
+func (noPeers) setPeer(uint64, string) {}
+func (noPeers) removePeer(uint64)      {}
+
+// Loading a store that outgrows a snapshot interval many times over
+// writes snapshot bytes in proportion to the data written, not to the
+// number of entries (issue 9: 68 snapshots of 277 MB for 272 MB loaded).
+func TestSnapshotBytesStayProportionalToWrites(t *testing.T) {
+	rec := &snapshotRecorder{}
+	const count = 100 // entries between snapshots at the least
+	s := newKVStore(zap.NewNop(), 1, count, nil, rec, noPeers{}, newMembership(), 0)
+	s.snapshotFloor = 256 << 10 // about what count entries hold
+	s.confState = &raftpb.ConfState{Voters: []uint64{1}}
+	value := strings.Repeat("v", 256)
+	var written uint64
+	index := uint64(0)
+	for written < 24<<20 {
+		var data []byte
+		for i := range uint64(8) { // fresh keys, 8 writes an entry
+			data = appendOp(data, &op{kind: opPut, key: fmt.Sprintf("key-%016d", index*8+i), value: value})
+		}
+		index++
+		written += uint64(len(data))
+		s.applyCommit(&commit{entries: []*raftpb.Entry{{Index: new(index), Type: raftpb.EntryNormal.Enum(), Data: data}}})
+		s.snapWG.Wait() // each decision sees the snapshot before it finished
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var total uint64
+	for _, n := range rec.sizes {
+		total += uint64(n)
+	}
+	t.Logf("%d entries, %d log bytes, %d snapshots, %d snapshot bytes (%.2f×)", index, written, len(rec.sizes), total, float64(total)/float64(written))
+	if every := index / count; uint64(len(rec.sizes)) >= every {
+		t.Errorf("%d snapshots in %d entries: one every --snapshot-count entries, whatever the store's size", len(rec.sizes), index)
+	}
+	if total > 3*written {
+		t.Errorf("snapshots wrote %d bytes for %d bytes of log: more than 3×", total, written)
+	}
+	// The log is still bounded: the newest snapshot is not far behind.
+	if last := uint64(rec.sizes[len(rec.sizes)-1]); len(rec.sizes) < 4 || float64(s.logBytes) > snapshotLogShare*float64(last)+float64(written)/float64(index)*count {
+		t.Errorf("%d snapshots, the newest %d bytes, %d log bytes since: the log is not kept within a share of the store", len(rec.sizes), last, s.logBytes)
+	}
+}
+
+func TestSnapshotDue(t *testing.T) {
+	for _, tc := range []struct {
+		entries, logBytes, lastBytes uint64
+		due                          bool
+	}{
+		{entries: 99, logBytes: 1 << 30, lastBytes: 0, due: false},  // fewer entries than --snapshot-count
+		{entries: 100, logBytes: 10, lastBytes: 1 << 20, due: true}, // a small store: every --snapshot-count entries
+		{entries: 100, logBytes: 10, lastBytes: 64 << 20, due: false},
+		{entries: 100, logBytes: 32<<20 - 1, lastBytes: 64 << 20, due: false},
+		{entries: 100, logBytes: 32 << 20, lastBytes: 64 << 20, due: true},
+	} {
+		if got := snapshotDue(tc.entries, 100, tc.logBytes, tc.lastBytes, snapshotSizeFloor); got != tc.due {
+			t.Errorf("snapshotDue(%d entries, %d log bytes, last %d bytes) = %v", tc.entries, tc.logBytes, tc.lastBytes, got)
+		}
 	}
 }
