@@ -66,7 +66,7 @@ type raftNode struct {
 	commitC  chan *commit    // to the state machine; closed when readyLoop ends
 
 	node        raft.Node
-	raftStorage *raft.MemoryStorage
+	raftStorage *logStorage
 	snapshotter *snap.Snapshotter
 	transport   *rafthttp.Transport
 	peerServer  *http.Server
@@ -123,7 +123,7 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		lg:          lg,
 		proposeC:    proposeC,
 		commitC:     make(chan *commit, 64),
-		raftStorage: raft.NewMemoryStorage(),
+		raftStorage: newLogStorage(),
 		readReqC:    make(chan chan<- readResult, 1024),
 		readStateC:  make(chan raft.ReadState, 64),
 		stopc:       make(chan struct{}),
@@ -323,7 +323,7 @@ func (rc *raftNode) readyLoop() {
 				if err := rc.wal.Sync(); err != nil {
 					rc.lg.Fatal("cannot sync the wal after installing a snapshot", zap.Error(err))
 				}
-				if err := rc.raftStorage.ApplySnapshot(snapToApply); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+				if err := rc.raftStorage.applySnapshot(snapToApply); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 					rc.lg.Fatal("apply snapshot to raft log", zap.Error(err))
 				}
 				failpoint("snapshot-install-before-release")
@@ -395,7 +395,7 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte
 	if rc.walClosed {
 		return errStopping
 	}
-	s, err := rc.raftStorage.CreateSnapshot(index, cs, data)
+	s, err := rc.raftStorage.createSnapshot(index, cs, data)
 	if errors.Is(err, raft.ErrSnapOutOfDate) {
 		return nil // a newer snapshot from the leader got here first
 	}
@@ -713,9 +713,7 @@ type logBounds struct {
 
 func (rc *raftNode) logBounds() logBounds {
 	var b logBounds
-	if s, err := rc.raftStorage.Snapshot(); err == nil {
-		b.snapshot = s.GetMetadata().GetIndex()
-	}
+	b.snapshot = rc.raftStorage.snapshotIndex()
 	if first, err := rc.raftStorage.FirstIndex(); err == nil {
 		b.compacted = first - 1
 	}

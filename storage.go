@@ -139,7 +139,7 @@ func (rc *raftNode) openWAL() error {
 	}
 
 	if snapshot != nil {
-		if err := rc.raftStorage.ApplySnapshot(snapshot); err != nil {
+		if err := rc.raftStorage.applySnapshot(snapshot); err != nil {
 			return fmt.Errorf("load snapshot into raft log: %w", err)
 		}
 		rc.startSnap = snapshot
