@@ -146,6 +146,13 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 			s.peers.removePeer(id)
 		}
 	}
+	// The transport may know a removed member from --cluster, and no
+	// replayed conf change removes it once a snapshot covers its removal.
+	for id := range st.removed {
+		if id != s.selfID {
+			s.peers.removePeer(id)
+		}
+	}
 	for id, u := range st.members {
 		if id != s.selfID {
 			s.peers.setPeer(id, u)
