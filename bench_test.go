@@ -254,3 +254,18 @@ func BenchmarkHandler(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkWatchPublish measures what apply pays the watch window per
+// entry once the window is full (--watch-history at its default).
+func BenchmarkWatchPublish(b *testing.B) {
+	h := newWatchHub(10000)
+	it := &item{key: "k", value: "v"}
+	for i := range uint64(20000) {
+		h.publish(i+1, []event{{index: i + 1, it: it}})
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range uint64(b.N) {
+		h.publish(20001+i, []event{{index: 20001 + i, it: it}})
+	}
+}

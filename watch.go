@@ -52,7 +52,12 @@ func (h *watchHub) publish(index uint64, evs []event) {
 			cut++
 		}
 		h.start = h.events[cut-1].index
-		h.events = append(h.events[:0:0], h.events[cut:]...)
+		// Reslice rather than copy: copying the whole window on every
+		// applied entry cost a quarter of a loaded leader's CPU. append
+		// moves the live events to a new array only when this one is
+		// full, a copy per ~window/4 events; until then the array still
+		// holds up to that many dropped events.
+		h.events = h.events[cut:]
 	}
 	h.last = index
 	close(h.wake)
