@@ -68,14 +68,14 @@ func (s *logStorage) applySnapshot(snap *raftpb.Snapshot) error {
 }
 
 // createSnapshot records the state machine's snapshot at index and returns
-// it whole, for the snapshot file.
+// it whole, for the snapshot file. Until the data is stored, Snapshot finds
+// the metadata ahead of it and tells raft to try again.
 func (s *logStorage) createSnapshot(index uint64, cs *raftpb.ConfState, data []byte) (*raftpb.Snapshot, error) {
-	prev := s.data.Swap(&snapData{index: index, data: data})
 	snap, err := s.MemoryStorage.CreateSnapshot(index, cs, nil)
 	if err != nil {
-		s.data.Store(prev) // out of date: the stored snapshot stays
-		return nil, err
+		return nil, err // out of date: the stored snapshot stays
 	}
+	s.data.Store(&snapData{index: index, data: data})
 	snap.Data = data // snap is MemoryStorage's clone, ours to change
 	return snap, nil
 }
