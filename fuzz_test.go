@@ -92,7 +92,11 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		if err != nil {
 			return
 		}
-		back, err := decodeSnapshot(encodeSnapshot(st))
+		enc := encodeSnapshot(st)
+		if n := snapshotSize(st); n != int64(len(enc)) {
+			t.Fatalf("snapshotSize says %d bytes, the encoding has %d", n, len(enc))
+		}
+		back, err := decodeSnapshot(enc)
 		if err != nil {
 			t.Fatalf("re-encoded snapshot does not decode: %v", err)
 		}

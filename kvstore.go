@@ -42,7 +42,7 @@ type commit struct {
 type raftCalls interface {
 	applyConfChange(cc *raftpb.ConfChange) *raftpb.ConfState
 	readIndex(ctx context.Context) (uint64, error)
-	saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte) error
+	saveSnapshot(index uint64, cs *raftpb.ConfState, body snapshotBody) error
 }
 
 // item is one key's state. Items are never changed in place: trees cloned

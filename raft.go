@@ -96,6 +96,10 @@ type raftNode struct {
 	readStateC chan raft.ReadState    // ReadIndex answers from readyLoop to readLoop
 	readSeq    atomic.Uint64          // makes every ReadIndex request context unique
 
+	// fetchC asks fetchLoop to read a snapshot file back for raft to send
+	// (capacity 1: raft's goroutine never waits on it).
+	fetchC chan *raftpb.SnapshotMetadata
+
 	stopc    chan struct{} // closed by stop: every goroutine below returns
 	removedC chan struct{} // closed when a peer tells us we were removed
 	lastTick atomic.Int64  // when the ready loop last ticked raft (unix ns); read by /livez
@@ -124,12 +128,14 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		proposeC:    proposeC,
 		commitC:     make(chan *commit, 64),
 		raftStorage: newLogStorage(),
+		fetchC:      make(chan *raftpb.SnapshotMetadata, 1),
 		readReqC:    make(chan chan<- readResult, 1024),
 		readStateC:  make(chan raft.ReadState, 64),
 		stopc:       make(chan struct{}),
 		removedC:    make(chan struct{}),
 	}
 	rc.stopCtx, rc.cancelStop = context.WithCancel(context.Background())
+	rc.raftStorage.fetch = rc.fetchSnapshot
 	if err := mkdirDurable(cfg.snapdir); err != nil {
 		return nil, fmt.Errorf("create snapshot dir %s: %w", cfg.snapdir, err)
 	}
@@ -205,8 +211,9 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		}
 	}()
 
-	rc.wg.Add(3)
+	rc.wg.Add(4)
 	go func() { defer rc.wg.Done(); rc.readyLoop() }()
+	go func() { defer rc.wg.Done(); rc.fetchLoop() }()
 	go func() { defer rc.wg.Done(); rc.proposeLoop() }()
 	go func() { defer rc.wg.Done(); rc.readLoop() }()
 	return nil
@@ -255,6 +262,7 @@ func (rc *raftNode) readyLoop() {
 		case <-rc.stopc:
 			return
 		}
+		rc.startSnap = nil // the state machine has it; its data is not kept here
 	}
 	ticker := time.NewTicker(rc.cfg.tick)
 	defer ticker.Stop()
@@ -298,7 +306,9 @@ func (rc *raftNode) readyLoop() {
 			var snapToApply *raftpb.Snapshot
 			if !raft.IsEmptySnap(rd.Snapshot) {
 				rc.snapMu.Lock()
-				rc.persistSnapshot(rd.Snapshot)
+				if err := rc.persistSnapshot(rd.Snapshot.GetMetadata(), bytesBody(rd.Snapshot.GetData())); err != nil {
+					rc.lg.Fatal("cannot persist the snapshot sent by the leader", zap.Error(err))
+				}
 				snapToApply = rd.Snapshot
 			}
 			if !raft.IsEmptyHardState(rd.HardState) {
@@ -386,28 +396,37 @@ func (rc *raftNode) prepareMessages(ms []*raftpb.Message) []*raftpb.Message {
 	return slices.DeleteFunc(ms, func(m *raftpb.Message) bool { return rc.cfg.isRemoved(m.GetTo()) })
 }
 
-// saveSnapshot persists a snapshot the state machine made at index and
-// compacts the log behind it. Called from the state machine's snapshot
-// goroutine; never blocks the ready loop except while a file is written.
-func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte) error {
+// saveSnapshot persists a snapshot the state machine made at index, its
+// state streamed from body, and compacts the log behind it. Called from the
+// state machine's snapshot goroutine; never blocks the ready loop except
+// while a file is written.
+func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, body snapshotBody) error {
 	rc.snapMu.Lock()
 	defer rc.snapMu.Unlock()
 	if rc.walClosed {
 		return errStopping
 	}
-	s, err := rc.raftStorage.createSnapshot(index, cs, data)
-	if errors.Is(err, raft.ErrSnapOutOfDate) {
+	if index <= rc.raftStorage.snapshotIndex() {
 		return nil // a newer snapshot from the leader got here first
 	}
+	term, err := rc.raftStorage.Term(index)
 	if err != nil {
+		return fmt.Errorf("term of snapshot index %d: %w", index, err)
+	}
+	// The file and its WAL record are durable before raft's storage points
+	// at it: raft may ask for the file to send it to a follower as soon as
+	// createSnapshot returns. persistSnapshot's WAL record is synced, and
+	// with it the hard state that committed index: readyLoop saved that
+	// hard state before it published the entry that the state machine
+	// applied before this snapshot was taken, and the WAL writes records in
+	// order. So the snapshot is durable and valid at restart before
+	// anything is released.
+	if err := rc.persistSnapshot(&raftpb.SnapshotMetadata{Index: new(index), Term: new(term), ConfState: cs}, body); err != nil {
+		return fmt.Errorf("persist snapshot at %d: %w", index, err)
+	}
+	if err := rc.raftStorage.createSnapshot(index, cs); err != nil {
 		return fmt.Errorf("create snapshot at %d: %w", index, err)
 	}
-	// persistSnapshot's WAL record is synced, and with it the hard state
-	// that committed index: readyLoop saved that hard state before it
-	// published the entry that the state machine applied before this
-	// snapshot was taken, and the WAL writes records in order. So the
-	// snapshot is durable and valid at restart before anything is released.
-	rc.persistSnapshot(s)
 	failpoint("snapshot-saved-before-release")
 	keep := min(uint64(maxCatchUpWindow), rc.cfg.snapshotCount)
 	if index > keep {
@@ -417,6 +436,46 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, data []byte
 	}
 	rc.releaseWAL(index)
 	return nil
+}
+
+// fetchSnapshot asks fetchLoop to read the newest snapshot's file back,
+// for raft to send to a follower. Called on raft's goroutine: never blocks.
+func (rc *raftNode) fetchSnapshot(md *raftpb.SnapshotMetadata) {
+	select {
+	case rc.fetchC <- md:
+	default: // a read is already asked for; raft asks again
+	}
+}
+
+// fetchLoop reads snapshot files that raft wants to send. Raft is told the
+// snapshot is temporarily unavailable until the data is there, and asks
+// again at the next heartbeat response.
+func (rc *raftNode) fetchLoop() {
+	var failed uint64 // the index whose file last failed to read: warn once
+	for {
+		var md *raftpb.SnapshotMetadata
+		select {
+		case md = <-rc.fetchC:
+		case <-rc.stopc:
+			return
+		}
+		if d := rc.raftStorage.sent.Load(); d != nil && d.index == md.GetIndex() {
+			continue
+		}
+		path := rc.snapName(md.GetTerm(), md.GetIndex())
+		s, err := snap.Read(rc.lg, path)
+		if err == nil && s.GetMetadata().GetIndex() != md.GetIndex() {
+			err = fmt.Errorf("the file holds index %d", s.GetMetadata().GetIndex())
+		}
+		if err != nil {
+			if failed != md.GetIndex() {
+				failed = md.GetIndex()
+				rc.lg.Warn("cannot read the snapshot file to send it to a follower; the follower stays behind until a newer snapshot or another leader", zap.String("path", path), zap.Error(err))
+			}
+			continue
+		}
+		rc.raftStorage.keepForSending(md.GetIndex(), s.GetData())
+	}
 }
 
 // proposeLoop feeds proposals to raft, packing every write waiting in
@@ -622,6 +681,7 @@ func (rc *raftNode) ReportUnreachable(id uint64) {
 	rc.node.ReportUnreachable(id)
 }
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
+	rc.raftStorage.dropSent()
 	rc.node.ReportSnapshot(id, status)
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"time"
@@ -38,39 +39,100 @@ type snapshotState struct {
 	keys    *btree.BTreeG[*item]
 }
 
-func encodeSnapshot(st *snapshotState) []byte {
-	size := len(snapshotMagic) + 32 + 16*(len(st.members)+len(st.removed)) + 48*len(st.clients)
+// snapshotSize is the exact length of st's encoding, so that a snapshot
+// file's length prefixes can be written before its body is streamed.
+func snapshotSize(st *snapshotState) int64 {
+	n := int64(len(snapshotMagic)) + uvarintLen(st.index) + uvarintLen(uint64(len(st.members)))
+	for id, u := range st.members {
+		n += uvarintLen(id) + stringLen(u)
+	}
+	n += uvarintLen(uint64(len(st.removed)))
+	for id := range st.removed {
+		n += uvarintLen(id)
+	}
+	n += uvarintLen(uint64(len(st.clients)))
+	for id, u := range st.clients {
+		n += uvarintLen(id) + stringLen(u)
+	}
+	n += uvarintLen(uint64(st.keys.Len()))
 	st.keys.Ascend(func(it *item) bool {
-		size += len(it.key) + len(it.value) + 40
+		n += stringLen(it.key) + stringLen(it.value) + uvarintLen(it.create) + uvarintLen(it.mod) + uvarintLen(it.version)
 		return true
 	})
-	b := make([]byte, 0, size)
+	return n
+}
+
+func uvarintLen(v uint64) int64 {
+	return int64(len(binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64), v)))
+}
+func stringLen(s string) int64 { return uvarintLen(uint64(len(s))) + int64(len(s)) }
+
+// snapshotChunk is how much of an encoding writeSnapshot builds before it
+// hands it to w: large enough that the writes are few, small enough that a
+// snapshot of any size costs the encoder no more memory than this.
+const snapshotChunk = 64 << 10
+
+// writeSnapshot streams st's encoding to w (snapshotSize bytes).
+func writeSnapshot(w io.Writer, st *snapshotState) error {
+	b := make([]byte, 0, snapshotChunk+1024)
+	var err error
+	flush := func(force bool) {
+		if err == nil && (force || len(b) >= snapshotChunk) {
+			_, err = w.Write(b)
+			b = b[:0]
+		}
+	}
 	b = append(b, snapshotMagic...)
 	b = binary.AppendUvarint(b, st.index)
 	b = binary.AppendUvarint(b, uint64(len(st.members)))
 	for _, id := range slices.Sorted(maps.Keys(st.members)) {
 		b = binary.AppendUvarint(b, id)
 		b = appendString(b, st.members[id])
+		flush(false)
 	}
 	b = binary.AppendUvarint(b, uint64(len(st.removed)))
 	for _, id := range slices.Sorted(maps.Keys(st.removed)) {
 		b = binary.AppendUvarint(b, id)
+		flush(false)
 	}
 	b = binary.AppendUvarint(b, uint64(len(st.clients)))
 	for _, id := range slices.Sorted(maps.Keys(st.clients)) {
 		b = binary.AppendUvarint(b, id)
 		b = appendString(b, st.clients[id])
+		flush(false)
 	}
 	b = binary.AppendUvarint(b, uint64(st.keys.Len()))
 	st.keys.Ascend(func(it *item) bool {
-		b = appendString(b, it.key)
-		b = appendString(b, it.value)
+		if len(it.key)+len(it.value) > snapshotChunk {
+			// A large value goes straight to w rather than through b.
+			flush(true)
+			b = appendString(b, it.key)
+			b = binary.AppendUvarint(b, uint64(len(it.value)))
+			flush(true)
+			if err == nil {
+				_, err = io.WriteString(w, it.value)
+			}
+		} else {
+			b = appendString(b, it.key)
+			b = appendString(b, it.value)
+		}
 		b = binary.AppendUvarint(b, it.create)
 		b = binary.AppendUvarint(b, it.mod)
 		b = binary.AppendUvarint(b, it.version)
-		return true
+		flush(false)
+		return err == nil
 	})
-	return b
+	flush(true)
+	return err
+}
+
+// encodeSnapshot returns st's encoding whole (tests and fuzzing; the
+// member streams it to the snapshot file with writeSnapshot).
+func encodeSnapshot(st *snapshotState) []byte {
+	var buf bytes.Buffer
+	buf.Grow(int(snapshotSize(st)))
+	_ = writeSnapshot(&buf, st) // a bytes.Buffer does not fail
+	return buf.Bytes()
 }
 
 func decodeSnapshot(data []byte) (*snapshotState, error) {
@@ -190,8 +252,8 @@ func snapshotDue(entries, count, logBytes, lastBytes, floor uint64) bool {
 }
 
 // maybeSnapshot starts a background snapshot when snapshotDue says so.
-// Only an O(1) copy-on-write clone of the key tree happens here; encoding
-// and the disk writes run on their own goroutine, so neither apply nor the
+// Only an O(1) copy-on-write clone of the key tree happens here; encoding,
+// streamed into the file as it is written, runs on its own goroutine, so neither apply nor the
 // raft loop waits for them.
 func (s *kvstore) maybeSnapshot() {
 	s.mu.RLock()
@@ -224,17 +286,17 @@ func (s *kvstore) maybeSnapshot() {
 		defer s.snapRunning.Store(false)
 		start := time.Now()
 		s.lg.Info("saving snapshot", zap.Uint64("index", index))
-		data := encodeSnapshot(st)
-		s.lastSnapBytes.Store(uint64(len(data)))
-		if err := s.raft.saveSnapshot(index, cs, data); err != nil {
+		body := snapshotBody{size: snapshotSize(st), write: func(w io.Writer) error { return writeSnapshot(w, st) }}
+		s.lastSnapBytes.Store(uint64(body.size))
+		if err := s.raft.saveSnapshot(index, cs, body); err != nil {
 			if errors.Is(err, errStopping) {
 				return
 			}
 			s.lg.Fatal("cannot save snapshot", zap.Uint64("index", index), zap.Error(err))
 		}
 		metricSnapshotSeconds.Observe(time.Since(start).Seconds())
-		metricSnapshotBytes.Set(float64(len(data)))
+		metricSnapshotBytes.Set(float64(body.size))
 		s.lg.Info("saved snapshot", zap.Uint64("index", index), zap.Int("keys", st.keys.Len()),
-			zap.Int("bytes", len(data)), zap.Duration("took", time.Since(start)))
+			zap.Int64("bytes", body.size), zap.Duration("took", time.Since(start)))
 	}()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -113,10 +114,17 @@ func (r *snapshotRecorder) applyConfChange(*raftpb.ConfChange) *raftpb.ConfState
 	return &raftpb.ConfState{}
 }
 func (r *snapshotRecorder) readIndex(context.Context) (uint64, error) { return 0, nil }
-func (r *snapshotRecorder) saveSnapshot(_ uint64, _ *raftpb.ConfState, data []byte) error {
+func (r *snapshotRecorder) saveSnapshot(_ uint64, _ *raftpb.ConfState, body snapshotBody) error {
+	var buf bytes.Buffer
+	if err := body.write(&buf); err != nil {
+		return err
+	}
+	if int64(buf.Len()) != body.size {
+		return fmt.Errorf("snapshot body sized at %d bytes wrote %d", body.size, buf.Len())
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.sizes = append(r.sizes, len(data))
+	r.sizes = append(r.sizes, buf.Len())
 	return nil
 }
 

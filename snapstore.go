@@ -7,18 +7,23 @@ import (
 	"go.etcd.io/raft/v3/raftpb"
 )
 
-// logStorage is raft's view of the log: etcd's MemoryStorage, except that
-// the newest snapshot's data is kept beside it rather than in it.
-// MemoryStorage clones its snapshot, data and all, on every Snapshot,
-// CreateSnapshot and ApplySnapshot call, and /v1/status asks for it on
-// every poll: with a store of 1M keys that is a copy of some 300 MB each
-// time. Here MemoryStorage holds only the metadata, and Snapshot attaches
-// the one shared data slice (never written after it is stored).
+// logStorage is raft's view of the log: etcd's MemoryStorage holding the
+// newest snapshot's metadata only. The snapshot's state lives in its file.
+// MemoryStorage would keep the data and clone it on every Snapshot,
+// CreateSnapshot and ApplySnapshot call (/v1/status asks on every poll):
+// with 1M keys a pinned blob of some 300 MB, and a copy of it per call. Raft
+// needs the data only to send a follower that is behind the compacted log;
+// then it is read back from the file in the background (fetch), handed to
+// raft, and dropped once the transport has sent it.
 type logStorage struct {
 	*raft.MemoryStorage
-	// data is read by raft's goroutine (Snapshot) and written by
-	// applySnapshot and createSnapshot, whose callers hold raftNode.snapMu.
-	data atomic.Pointer[snapData]
+	// sent is the snapshot data read back for sending, if any. Read by
+	// raft's goroutine (Snapshot), stored by raftNode.fetchLoop, dropped by
+	// the transport (ReportSnapshot) and by a newer snapshot.
+	sent atomic.Pointer[snapData]
+	// fetch asks for the file of the snapshot md to be read, without
+	// blocking; set before raft starts.
+	fetch func(md *raftpb.SnapshotMetadata)
 }
 
 // snapData is the state machine's encoding of the snapshot at index.
@@ -37,17 +42,28 @@ func (s *logStorage) Snapshot() (*raftpb.Snapshot, error) {
 	if err != nil || raft.IsEmptySnap(snap) {
 		return snap, err
 	}
-	d := s.data.Load()
-	if d == nil || d.index != snap.GetMetadata().GetIndex() {
-		// Between storing a new snapshot's data and its metadata; raft
-		// tries again later.
-		return nil, raft.ErrSnapshotTemporarilyUnavailable
+	if d := s.sent.Load(); d != nil && d.index == snap.GetMetadata().GetIndex() {
+		snap.Data = d.data
+		return snap, nil
 	}
-	snap.Data = d.data
-	return snap, nil
+	if s.fetch != nil {
+		s.fetch(snap.GetMetadata())
+	}
+	return nil, raft.ErrSnapshotTemporarilyUnavailable
 }
 
-// snapshotIndex is the newest snapshot's index, without its data.
+// keepForSending holds the data of the snapshot at index, read back from
+// its file, until it is sent; data of an older snapshot is not kept.
+func (s *logStorage) keepForSending(index uint64, data []byte) {
+	if index == s.snapshotIndex() {
+		s.sent.Store(&snapData{index: index, data: data})
+	}
+}
+
+// dropSent lets go of the data once the transport is done with it.
+func (s *logStorage) dropSent() { s.sent.Store(nil) }
+
+// snapshotIndex is the newest snapshot's index.
 func (s *logStorage) snapshotIndex() uint64 {
 	snap, err := s.MemoryStorage.Snapshot()
 	if err != nil {
@@ -57,25 +73,22 @@ func (s *logStorage) snapshotIndex() uint64 {
 }
 
 // applySnapshot replaces the log with a snapshot (from disk at start, or
-// installed from the leader).
+// installed from the leader, its file already written). The data is not
+// kept.
 func (s *logStorage) applySnapshot(snap *raftpb.Snapshot) error {
-	meta := &raftpb.Snapshot{Metadata: snap.GetMetadata()}
-	if err := s.MemoryStorage.ApplySnapshot(meta); err != nil {
+	if err := s.MemoryStorage.ApplySnapshot(&raftpb.Snapshot{Metadata: snap.GetMetadata()}); err != nil {
 		return err
 	}
-	s.data.Store(&snapData{index: snap.GetMetadata().GetIndex(), data: snap.GetData()})
+	s.dropSent()
 	return nil
 }
 
-// createSnapshot records the state machine's snapshot at index and returns
-// it whole, for the snapshot file. Until the data is stored, Snapshot finds
-// the metadata ahead of it and tells raft to try again.
-func (s *logStorage) createSnapshot(index uint64, cs *raftpb.ConfState, data []byte) (*raftpb.Snapshot, error) {
-	snap, err := s.MemoryStorage.CreateSnapshot(index, cs, nil)
-	if err != nil {
-		return nil, err // out of date: the stored snapshot stays
+// createSnapshot records the state machine's snapshot at index, whose file
+// is written.
+func (s *logStorage) createSnapshot(index uint64, cs *raftpb.ConfState) error {
+	if _, err := s.MemoryStorage.CreateSnapshot(index, cs, nil); err != nil {
+		return err // out of date: the stored snapshot stays
 	}
-	s.data.Store(&snapData{index: index, data: data})
-	snap.Data = data // snap is MemoryStorage's clone, ours to change
-	return snap, nil
+	s.dropSent()
+	return nil
 }

@@ -328,20 +328,20 @@ func (rc *raftNode) snapName(term, index uint64) string {
 	return filepath.Join(rc.cfg.snapdir, fmt.Sprintf("%016x-%016x.snap", term, index))
 }
 
-// persistSnapshot writes a snapshot file, then its WAL record (both fsynced
-// before they return). Caller holds snapMu.
-func (rc *raftNode) persistSnapshot(s *raftpb.Snapshot) {
-	if err := rc.snapshotter.SaveSnap(s); err != nil {
-		rc.lg.Fatal("cannot save snapshot file", zap.Error(err))
+// persistSnapshot writes the snapshot file for md and body, then its WAL
+// record, both fsynced before it returns. Caller holds snapMu.
+func (rc *raftNode) persistSnapshot(md *raftpb.SnapshotMetadata, body snapshotBody) error {
+	if err := writeSnapFile(rc.snapName(md.GetTerm(), md.GetIndex()), md, body); err != nil {
+		return err
 	}
 	failpoint("snapshot-file-saved")
 	if err := syncDir(rc.cfg.snapdir); err != nil {
-		rc.lg.Fatal("cannot make the new snapshot file durable", zap.Error(err))
+		return fmt.Errorf("make the new snapshot file durable: %w", err)
 	}
-	md := s.GetMetadata()
 	if err := rc.wal.SaveSnapshot(&walpb.Snapshot{Index: new(md.GetIndex()), Term: new(md.GetTerm()), ConfState: md.GetConfState()}); err != nil {
-		rc.lg.Fatal("cannot record snapshot in the wal", zap.Error(err))
+		return fmt.Errorf("record snapshot in the wal: %w", err)
 	}
+	return nil
 }
 
 // releaseWAL lets go of WAL segments and snapshot files older than index,

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+)
+
+// A streamed snapshot file is one etcd's snap package reads as its own,
+// checksum included, and damage to it is caught.
+func TestSnapFileIsReadByEtcdSnap(t *testing.T) {
+	keys := newKeyTree()
+	keys.ReplaceOrInsert(&item{key: "a", value: "1", create: 3, mod: 5, version: 2})
+	keys.ReplaceOrInsert(&item{key: "big", value: strings.Repeat("v", 3*snapshotChunk+7), create: 6, mod: 6, version: 1})
+	for i := range 5000 {
+		k := "k" + strings.Repeat("x", i%40)
+		keys.ReplaceOrInsert(&item{key: k + string(rune('a'+i%26)) + string(rune(i)), value: strings.Repeat("y", i%300), create: uint64(i), mod: uint64(i + 1), version: 1})
+	}
+	st := &snapshotState{index: 1 << 40, members: map[uint64]string{1: "http://127.0.0.1:1", 2: "http://127.0.0.1:2"},
+		removed: map[uint64]bool{3: true}, clients: map[uint64]string{1: "http://127.0.0.1:3"}, keys: keys}
+	want := encodeSnapshot(st)
+	if n := snapshotSize(st); n != int64(len(want)) {
+		t.Fatalf("snapshotSize = %d, encoding has %d bytes", n, len(want))
+	}
+	var streamed bytes.Buffer
+	if err := writeSnapshot(&streamed, st); err != nil || !bytes.Equal(streamed.Bytes(), want) {
+		t.Fatalf("writeSnapshot differs from the encoding (err %v)", err)
+	}
+
+	md := &raftpb.SnapshotMetadata{Index: new(uint64(1 << 40)), Term: new(uint64(7)), ConfState: &raftpb.ConfState{Voters: []uint64{1, 2}, Learners: []uint64{4}}}
+	path := filepath.Join(t.TempDir(), "0000000000000007-0000010000000000.snap")
+	body := snapshotBody{size: snapshotSize(st), write: func(w io.Writer) error { return writeSnapshot(w, st) }}
+	if err := writeSnapFile(path, md, body); err != nil {
+		t.Fatal(err)
+	}
+	got, err := snap.Read(zap.NewNop(), path)
+	if err != nil {
+		t.Fatalf("etcd's snap.Read: %v", err)
+	}
+	if !bytes.Equal(got.GetData(), want) || !proto.Equal(got.GetMetadata(), md) {
+		t.Fatalf("read back metadata %v and %d bytes of data; want %v and %d", got.GetMetadata(), len(got.GetData()), md, len(want))
+	}
+
+	// Any flipped byte is refused (by the checksum, or by the framing).
+	b, _ := os.ReadFile(path)
+	for _, off := range []int{3, len(b) / 2, len(b) - 20, len(b) - 2} {
+		bad := bytes.Clone(b)
+		bad[off] ^= 0x40
+		p := path + ".bad"
+		if err := os.WriteFile(p, bad, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := snap.Read(zap.NewNop(), p); err == nil {
+			t.Errorf("a flipped byte at %d of %d went unnoticed", off, len(b))
+		}
+	}
+}
+
+// A body that writes other than the size it announced, or fails, leaves
+// no file behind.
+func TestSnapFileBadBodyLeavesNoFile(t *testing.T) {
+	md := &raftpb.SnapshotMetadata{Index: new(uint64(5)), Term: new(uint64(1)), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}
+	dir := t.TempDir()
+	for name, body := range map[string]snapshotBody{
+		"short": {size: 10, write: func(w io.Writer) error { _, err := w.Write([]byte("12345")); return err }},
+		"long":  {size: 2, write: func(w io.Writer) error { _, err := w.Write([]byte("12345")); return err }},
+		"fails": {size: 5, write: func(io.Writer) error { return errors.New("boom") }},
+	} {
+		path := filepath.Join(dir, name+".snap")
+		if err := writeSnapFile(path, md, body); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+		if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s: the partial file is left: %v", name, err)
+		}
+	}
+	// The in-memory body (a snapshot from the leader) round-trips.
+	path := filepath.Join(dir, "ok.snap")
+	if err := writeSnapFile(path, md, bytesBody([]byte("leader's state"))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := snap.Read(zap.NewNop(), path); err != nil || string(got.GetData()) != "leader's state" {
+		t.Fatalf("read back %v, %v", got, err)
+	}
+}
