@@ -33,6 +33,7 @@ type proposal struct {
 // commit is what the raft node hands the state machine, in log order.
 type commit struct {
 	snapshot      *raftpb.Snapshot // restore this state first, if set
+	snapshotFile  *snapFileLayout  // where snapshot's state is, when its Data is not in memory
 	entries       []*raftpb.Entry  // committed entries to apply after it
 	leaderChanged bool             // fail in-flight requests after applying entries
 	applied       chan struct{}    // if set, closed once everything above is applied
@@ -201,7 +202,7 @@ func (s *kvstore) stop() {
 
 func (s *kvstore) applyCommit(c *commit) {
 	if c.snapshot != nil {
-		if err := s.restore(c.snapshot); err != nil {
+		if err := s.restore(c.snapshot, c.snapshotFile); err != nil {
 			s.lg.Fatal("cannot restore state from snapshot; refusing to run with a corrupt state", zap.Error(err))
 		}
 	}

@@ -18,7 +18,6 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	stats "go.etcd.io/etcd/server/v3/etcdserver/api/v2stats"
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/raft/v3"
@@ -67,7 +66,6 @@ type raftNode struct {
 
 	node        raft.Node
 	raftStorage *logStorage
-	snapshotter *snap.Snapshotter
 	transport   *rafthttp.Transport
 	peerServer  *http.Server
 	// peerURLs is the URL the transport uses for each peer. Written by start,
@@ -80,8 +78,9 @@ type raftNode struct {
 	snapMu    sync.Mutex
 	wal       *wal.WAL
 	walClosed bool
-	// startSnap is the snapshot loaded at start, published first on commitC.
-	startSnap *raftpb.Snapshot
+	// startSnap is the snapshot file found at start, checked; its state is
+	// read as a stream by the state machine, first thing on commitC.
+	startSnap *snapFileLayout
 	newWAL    bool // the WAL was created by this start: a new member
 	// diskState describes the WAL and snapshot files as found at start, for
 	// the log line of a raft panic (which most often means they lost data).
@@ -142,7 +141,6 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 	if err := fileutil.TouchDirAll(lg, cfg.snapdir); err != nil { // is it writable?
 		return nil, fmt.Errorf("snapshot dir %s: %w", cfg.snapdir, err)
 	}
-	rc.snapshotter = snap.New(lg, cfg.snapdir)
 	if err := rc.openWAL(); err != nil {
 		if rc.wal != nil {
 			rc.wal.Close() // release its file locks
@@ -161,7 +159,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		ElectionTick:              rc.cfg.electionTicks,
 		HeartbeatTick:             1,
 		Storage:                   rc.raftStorage,
-		Applied:                   rc.startSnap.GetMetadata().GetIndex(),
+		Applied:                   rc.startSnap.index(),
 		MaxSizePerMsg:             1 << 20,
 		MaxInflightMsgs:           256,
 		MaxUncommittedEntriesSize: 1 << 30,
@@ -258,11 +256,10 @@ func (rc *raftNode) readyLoop() {
 	defer close(rc.commitC)
 	if rc.startSnap != nil {
 		select {
-		case rc.commitC <- &commit{snapshot: rc.startSnap}:
+		case rc.commitC <- &commit{snapshot: &raftpb.Snapshot{Metadata: rc.startSnap.md}, snapshotFile: rc.startSnap}:
 		case <-rc.stopc:
 			return
 		}
-		rc.startSnap = nil // the state machine has it; its data is not kept here
 	}
 	ticker := time.NewTicker(rc.cfg.tick)
 	defer ticker.Stop()
@@ -463,10 +460,7 @@ func (rc *raftNode) fetchLoop() {
 			continue
 		}
 		path := rc.snapName(md.GetTerm(), md.GetIndex())
-		s, err := snap.Read(rc.lg, path)
-		if err == nil && s.GetMetadata().GetIndex() != md.GetIndex() {
-			err = fmt.Errorf("the file holds index %d", s.GetMetadata().GetIndex())
-		}
+		data, err := readSnapData(path, md)
 		if err != nil {
 			if failed != md.GetIndex() {
 				failed = md.GetIndex()
@@ -474,7 +468,7 @@ func (rc *raftNode) fetchLoop() {
 			}
 			continue
 		}
-		rc.raftStorage.keepForSending(md.GetIndex(), s.GetData())
+		rc.raftStorage.keepForSending(md.GetIndex(), data)
 	}
 }
 

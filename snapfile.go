@@ -10,6 +10,7 @@ import (
 	"os"
 
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/raft/v3/raftpb"
 	"google.golang.org/protobuf/proto"
 )
@@ -119,4 +120,220 @@ func writeSnapFile(path string, md *raftpb.SnapshotMetadata, body snapshotBody) 
 		return fmt.Errorf("sync snapshot file: %w", err)
 	}
 	return nil
+}
+
+// snapFileLayout says where a checked snapshot file keeps its state.
+type snapFileLayout struct {
+	path             string
+	md               *raftpb.SnapshotMetadata
+	dataOff, dataLen int64 // the state machine's encoding: this many bytes from this offset
+}
+
+// open returns a reader of the file's state and a function to close it.
+func (l *snapFileLayout) open() (io.Reader, func() error, error) {
+	f, err := os.Open(l.path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open snapshot file: %w", err)
+	}
+	return io.NewSectionReader(f, l.dataOff, l.dataLen), f.Close, nil
+}
+
+// snapReader reads a snapshot file's bytes, counting them and hashing
+// those inside the snappb data field.
+type snapReader struct {
+	r    *bufio.Reader
+	off  int64
+	hash bool
+	crc  uint32
+}
+
+func (s *snapReader) ReadByte() (byte, error) {
+	b, err := s.r.ReadByte()
+	if err == nil {
+		s.off++
+		if s.hash {
+			s.crc = crc32.Update(s.crc, snapCRCTable, []byte{b})
+		}
+	}
+	return b, err
+}
+
+// skip reads n bytes (hashing them, if hashing) without keeping them.
+func (s *snapReader) skip(n int64) error {
+	for n > 0 {
+		b, err := s.r.Peek(int(min(n, int64(s.r.Size()))))
+		if len(b) == 0 {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+		if s.hash {
+			s.crc = crc32.Update(s.crc, snapCRCTable, b)
+		}
+		s.r.Discard(len(b))
+		s.off += int64(len(b))
+		n -= int64(len(b))
+	}
+	return nil
+}
+
+// bytesField reads a length-delimited field's length, at most max.
+func (s *snapReader) bytesField(max int64) (int64, error) {
+	n, err := binary.ReadUvarint(s)
+	if err != nil {
+		return 0, io.ErrUnexpectedEOF
+	}
+	if n > uint64(max) {
+		return 0, fmt.Errorf("a field of %d bytes where %d are left", n, max)
+	}
+	return int64(n), nil
+}
+
+// readSnapFile checks a snapshot file as etcd's snap.Read does (framing,
+// then the checksum of the snappb data field), reading it as a stream, and
+// says where its state is. It holds none of the state in memory: a
+// snapshot of any size is checked with a read buffer.
+func readSnapFile(path string) (*snapFileLayout, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	size := fi.Size()
+	if size == 0 {
+		return nil, snap.ErrEmptySnapshot
+	}
+	s := &snapReader{r: bufio.NewReaderSize(f, 1<<20)}
+	l := &snapFileLayout{path: path, dataOff: -1}
+	var crc uint64
+	haveCRC, haveInner := false, false
+	for {
+		tag, err := binary.ReadUvarint(s)
+		if errors.Is(err, io.EOF) && s.off == size {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("snapshot file framing at byte %d: %w", s.off, io.ErrUnexpectedEOF)
+		}
+		switch tag {
+		case tagSnappbCRC:
+			if crc, err = binary.ReadUvarint(s); err != nil || crc > 1<<32-1 {
+				return nil, fmt.Errorf("snapshot file framing: bad crc field at byte %d", s.off)
+			}
+			haveCRC = true
+		case tagSnappbData:
+			n, err := s.bytesField(size - s.off)
+			if err != nil {
+				return nil, fmt.Errorf("snapshot file framing: %w", err)
+			}
+			if err := l.readInner(s, n); err != nil {
+				return nil, fmt.Errorf("snapshot file framing: %w", err)
+			}
+			haveInner = true
+		default:
+			return nil, fmt.Errorf("snapshot file framing: unexpected field tag %d at byte %d", tag, s.off)
+		}
+	}
+	if !haveInner || !haveCRC || crc == 0 {
+		return nil, snap.ErrEmptySnapshot
+	}
+	if uint32(crc) != s.crc {
+		return nil, snap.ErrCRCMismatch
+	}
+	if l.md == nil || l.dataOff < 0 {
+		return nil, errors.New("snapshot file holds no metadata or no data")
+	}
+	return l, nil
+}
+
+// readInner reads the n bytes of a marshalled raftpb.Snapshot, hashing
+// them: the metadata it keeps, the data it only locates.
+func (l *snapFileLayout) readInner(s *snapReader, n int64) error {
+	s.hash = true
+	defer func() { s.hash = false }()
+	end := s.off + n
+	for s.off < end {
+		tag, err := binary.ReadUvarint(s)
+		if err != nil {
+			return io.ErrUnexpectedEOF
+		}
+		m, err := s.bytesField(end - s.off)
+		if err != nil {
+			return err
+		}
+		switch tag {
+		case tagRaftpbData:
+			l.dataOff, l.dataLen = s.off, m
+			if err := s.skip(m); err != nil {
+				return err
+			}
+		case tagRaftpbMetadata:
+			b := make([]byte, m)
+			for i := range b {
+				if b[i], err = s.ReadByte(); err != nil {
+					return io.ErrUnexpectedEOF
+				}
+			}
+			md := &raftpb.SnapshotMetadata{}
+			if err := proto.Unmarshal(b, md); err != nil {
+				return fmt.Errorf("snapshot metadata: %w", err)
+			}
+			l.md = md
+		default:
+			return fmt.Errorf("unexpected field tag %d in the snapshot at byte %d", tag, s.off)
+		}
+	}
+	if s.off != end {
+		return errors.New("the snapshot runs past its length")
+	}
+	return nil
+}
+
+// index is the snapshot's raft index; 0 for none.
+func (l *snapFileLayout) index() uint64 {
+	if l == nil {
+		return 0
+	}
+	return l.md.GetIndex()
+}
+
+// read decodes the file's state as a stream.
+func (l *snapFileLayout) read() (*snapshotState, error) {
+	r, closeFile, err := l.open()
+	if err != nil {
+		return nil, err
+	}
+	defer closeFile()
+	st, err := readSnapshot(r, l.dataLen)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", l.path, err)
+	}
+	return st, nil
+}
+
+// readSnapData checks the snapshot file at path, which must hold md's
+// snapshot, and returns its state's encoding (for a follower).
+func readSnapData(path string, md *raftpb.SnapshotMetadata) ([]byte, error) {
+	l, err := readSnapFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if l.md.GetIndex() != md.GetIndex() || l.md.GetTerm() != md.GetTerm() {
+		return nil, fmt.Errorf("the file holds the snapshot at index %d, term %d", l.md.GetIndex(), l.md.GetTerm())
+	}
+	r, closeFile, err := l.open()
+	if err != nil {
+		return nil, err
+	}
+	defer closeFile()
+	data := make([]byte, l.dataLen)
+	if _, err := io.ReadFull(r, data); err != nil {
+		return nil, fmt.Errorf("read snapshot file %s: %w", path, err)
+	}
+	return data, nil
 }

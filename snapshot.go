@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/btree"
@@ -136,22 +138,29 @@ func encodeSnapshot(st *snapshotState) []byte {
 }
 
 func decodeSnapshot(data []byte) (*snapshotState, error) {
-	v1, v2 := bytes.HasPrefix(data, snapshotMagicV1), bytes.HasPrefix(data, snapshotMagicV2)
-	if !v1 && !v2 && !bytes.HasPrefix(data, snapshotMagic) {
+	return readSnapshot(bytes.NewReader(data), int64(len(data)))
+}
+
+// readSnapshot decodes a snapshot of size bytes from r as a stream: what it
+// holds in memory is the state it builds, plus a read buffer.
+func readSnapshot(r io.Reader, size int64) (*snapshotState, error) {
+	d := &snapDecoder{r: bufio.NewReaderSize(r, 1<<20), left: size}
+	magic := d.fixed(len(snapshotMagic))
+	v1, v2 := magic == string(snapshotMagicV1), magic == string(snapshotMagicV2)
+	if !v1 && !v2 && magic != string(snapshotMagic) {
 		return nil, errors.New("not a snapshot of this program (bad magic)")
 	}
-	d := decoder{buf: data[len(snapshotMagic):]}
 	st := &snapshotState{index: d.uvarint(), members: map[uint64]string{}, removed: map[uint64]bool{}, clients: map[uint64]string{}, keys: newKeyTree()}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		id := d.uvarint()
-		st.members[id] = d.bytes()
+		st.members[id] = d.string()
 	}
 	for n := d.count(); n > 0 && d.err == nil; n-- {
 		st.removed[d.uvarint()] = true
 	}
 	if !v1 && !v2 {
 		for n := d.count(); n > 0 && d.err == nil; n-- {
-			id, u := d.uvarint(), d.bytes()
+			id, u := d.uvarint(), d.string()
 			if _, ok := st.members[id]; !ok && d.err == nil {
 				d.failWith(fmt.Errorf("client URL of %d, which is not a member", id))
 			}
@@ -160,7 +169,7 @@ func decodeSnapshot(data []byte) (*snapshotState, error) {
 	}
 	var last string
 	for n := d.count(); n > 0 && d.err == nil; n-- {
-		it := &item{key: d.bytes(), value: d.bytes(), create: st.index, mod: st.index, version: 1}
+		it := &item{key: d.string(), value: d.string(), create: st.index, mod: st.index, version: 1}
 		if !v1 {
 			it.create, it.mod, it.version = d.uvarint(), d.uvarint(), d.uvarint()
 			if st.keys.Len() > 0 && it.key <= last {
@@ -172,7 +181,7 @@ func decodeSnapshot(data []byte) (*snapshotState, error) {
 			st.keys.ReplaceOrInsert(it)
 		}
 	}
-	if d.err == nil && len(d.buf) != 0 {
+	if d.err == nil && d.left != 0 {
 		d.err = errors.New("trailing bytes")
 	}
 	if d.err != nil {
@@ -181,9 +190,98 @@ func decodeSnapshot(data []byte) (*snapshotState, error) {
 	return st, nil
 }
 
+// snapDecoder reads a snapshot's fields from a stream of left bytes; the
+// first error sticks and every later read returns zero values.
+type snapDecoder struct {
+	r    *bufio.Reader
+	left int64 // bytes of the snapshot not read yet
+	err  error
+}
+
+func (d *snapDecoder) failWith(err error) {
+	if d.err == nil {
+		d.err = err
+	}
+}
+
+func (d *snapDecoder) truncated() { d.failWith(errors.New("truncated snapshot")) }
+
+func (d *snapDecoder) ReadByte() (byte, error) {
+	if d.left <= 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	b, err := d.r.ReadByte()
+	if err == nil {
+		d.left--
+	}
+	return b, err
+}
+
+func (d *snapDecoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, err := binary.ReadUvarint(d)
+	if err != nil {
+		d.truncated()
+		return 0
+	}
+	return v
+}
+
+// count reads a number of elements, each at least a byte long.
+func (d *snapDecoder) count() uint64 {
+	n := d.uvarint()
+	if n > uint64(d.left) {
+		d.truncated()
+		return 0
+	}
+	return n
+}
+
+func (d *snapDecoder) string() string { return d.fixed(int(min(d.count(), uint64(d.left)))) }
+
+// fixed reads n bytes as a string: one allocation, whatever its length.
+func (d *snapDecoder) fixed(n int) string {
+	if d.err != nil {
+		return ""
+	}
+	if int64(n) > d.left {
+		d.truncated()
+		return ""
+	}
+	if n <= d.r.Size() {
+		b, err := d.r.Peek(n)
+		if err != nil {
+			d.truncated()
+			return ""
+		}
+		s := string(b)
+		d.r.Discard(n)
+		d.left -= int64(n)
+		return s
+	}
+	var sb strings.Builder
+	sb.Grow(n)
+	if _, err := io.CopyN(&sb, d.r, int64(n)); err != nil {
+		d.truncated()
+		return ""
+	}
+	d.left -= int64(n)
+	return sb.String()
+}
+
 // restore replaces the whole state with a snapshot's.
-func (s *kvstore) restore(snap *raftpb.Snapshot) error {
-	st, err := decodeSnapshot(snap.GetData())
+func (s *kvstore) restore(snap *raftpb.Snapshot, file *snapFileLayout) error {
+	var st *snapshotState
+	var err error
+	size := int64(len(snap.GetData()))
+	if file != nil {
+		st, err = file.read()
+		size = file.dataLen
+	} else {
+		st, err = decodeSnapshot(snap.GetData())
+	}
 	if err != nil {
 		return err
 	}
@@ -201,7 +299,7 @@ func (s *kvstore) restore(snap *raftpb.Snapshot) error {
 	s.watch.reset(st.index)
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap, s.logBytes = st.index, 0
-	s.lastSnapBytes.Store(uint64(len(snap.GetData())))
+	s.lastSnapBytes.Store(uint64(size))
 
 	for id := range oldMembers {
 		if _, ok := st.members[id]; !ok && id != s.selfID {

@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
 	"go.etcd.io/raft/v3/raftpb"
@@ -83,13 +82,13 @@ func (rc *raftNode) openWAL() error {
 	if err != nil {
 		return rc.walDamaged(fmt.Errorf("list snapshots recorded in wal: %w", err))
 	}
-	snapshot, err := rc.snapshotter.LoadNewestAvailable(walSnaps)
-	if err != nil && !errors.Is(err, snap.ErrNoSnapshot) {
+	snapFile, err := rc.loadNewestSnapshot(walSnaps)
+	if err != nil {
 		return fmt.Errorf("load snapshot from %s: %w", rc.cfg.snapdir, err)
 	}
 	start := &walpb.Snapshot{Index: new(uint64(0)), Term: new(uint64(0))}
-	if snapshot != nil {
-		start = &walpb.Snapshot{Index: new(snapshot.GetMetadata().GetIndex()), Term: new(snapshot.GetMetadata().GetTerm())}
+	if snapFile != nil {
+		start = &walpb.Snapshot{Index: new(snapFile.md.GetIndex()), Term: new(snapFile.md.GetTerm())}
 	}
 
 	var (
@@ -138,11 +137,11 @@ func (rc *raftNode) openWAL() error {
 		return err
 	}
 
-	if snapshot != nil {
-		if err := rc.raftStorage.applySnapshot(snapshot); err != nil {
+	if snapFile != nil {
+		if err := rc.raftStorage.applySnapshot(&raftpb.Snapshot{Metadata: snapFile.md}); err != nil {
 			return fmt.Errorf("load snapshot into raft log: %w", err)
 		}
-		rc.startSnap = snapshot
+		rc.startSnap = snapFile
 	}
 	if err := rc.raftStorage.SetHardState(st); err != nil {
 		return fmt.Errorf("load hard state: %w", err)
@@ -153,6 +152,37 @@ func (rc *raftNode) openWAL() error {
 	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
 		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
 	return nil
+}
+
+// loadNewestSnapshot finds the newest snapshot file that the WAL records
+// and that passes its checks, as etcd's Snapshotter.LoadNewestAvailable
+// does, but reads each as a stream and keeps none of its state in memory.
+// A file that fails is set aside as <name>.broken, as etcd does, and the
+// next older one is tried. Nil when there is none.
+func (rc *raftNode) loadNewestSnapshot(walSnaps []*walpb.Snapshot) (*snapFileLayout, error) {
+	files, err := listSnapFiles(rc.cfg.snapdir)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshot files: %w", err)
+	}
+	for _, f := range slices.Backward(files) {
+		if !slices.ContainsFunc(walSnaps, func(s *walpb.Snapshot) bool { return s.GetIndex() == f.index && s.GetTerm() == f.term }) {
+			continue
+		}
+		path := filepath.Join(rc.cfg.snapdir, f.name)
+		l, err := readSnapFile(path)
+		if err == nil && (l.md.GetIndex() != f.index || l.md.GetTerm() != f.term) {
+			err = fmt.Errorf("the file holds the snapshot at index %d, term %d", l.md.GetIndex(), l.md.GetTerm())
+		}
+		if err == nil {
+			return l, nil
+		}
+		rc.lg.Warn("snap file is corrupt; setting it aside", zap.String("path", path), zap.Error(err))
+		if rerr := os.Rename(path, path+".broken"); rerr != nil {
+			return nil, fmt.Errorf("set aside the damaged snapshot file %s: %w", path, rerr)
+		}
+		rc.lg.Warn("renamed to a broken snap file", zap.String("path", path), zap.String("broken-path", path+".broken"))
+	}
+	return nil, nil
 }
 
 // walDamaged explains a WAL that cannot be read (not a torn tail, which is
