@@ -320,12 +320,15 @@ func applyOne(keys *btree.BTreeG[*item], index uint64, o *op) opResult {
 	r := opResult{kind: o.kind, key: o.key}
 	switch o.kind {
 	case opPut:
-		prev, _ := keys.Get(&item{key: o.key})
+		// One descent of the tree, not a Get and then an insert. next is
+		// completed after it is in the tree, which is the one place an item
+		// changes: no clone and no reader can see it yet (apply holds
+		// kvstore.mu, and clones are taken under it too).
 		next := &item{key: o.key, value: o.value, create: index, mod: index, version: 1}
+		prev, _ := keys.ReplaceOrInsert(next)
 		if prev != nil {
 			next.create, next.version = prev.create, prev.version+1
 		}
-		keys.ReplaceOrInsert(next)
 		r.prev, r.cur = prev, next
 	case opDelete:
 		prev, _ := keys.Delete(&item{key: o.key})

@@ -127,6 +127,10 @@ type snapFileLayout struct {
 	path             string
 	md               *raftpb.SnapshotMetadata
 	dataOff, dataLen int64 // the state machine's encoding: this many bytes from this offset
+	// decoded delivers the state that prefetch decodes; nil without one.
+	// Set before the raft node's goroutines start, taken by the apply
+	// goroutine (read) or, when the start fails, by abandon.
+	decoded chan decodedState
 }
 
 // open returns a reader of the file's state and a function to close it.
@@ -302,8 +306,42 @@ func (l *snapFileLayout) index() uint64 {
 	return l.md.GetIndex()
 }
 
-// read decodes the file's state as a stream.
+// prefetch starts decoding the file's state in the background; read
+// returns it. A caller that will not read it calls abandon.
+func (l *snapFileLayout) prefetch() {
+	ch := make(chan decodedState, 1)
+	l.decoded = ch
+	go func() {
+		st, err := l.decode()
+		ch <- decodedState{st, err}
+	}()
+}
+
+// abandon waits for a prefetch that nobody will read to end.
+func (l *snapFileLayout) abandon() {
+	if l.decoded != nil {
+		<-l.decoded
+		l.decoded = nil
+	}
+}
+
+type decodedState struct {
+	st  *snapshotState
+	err error
+}
+
+// read returns the file's state: what prefetch decoded, or decoded now.
 func (l *snapFileLayout) read() (*snapshotState, error) {
+	if l.decoded != nil {
+		d := <-l.decoded
+		l.decoded = nil
+		return d.st, d.err
+	}
+	return l.decode()
+}
+
+// decode reads the file's state as a stream.
+func (l *snapFileLayout) decode() (*snapshotState, error) {
 	r, closeFile, err := l.open()
 	if err != nil {
 		return nil, err

@@ -60,7 +60,7 @@ func walMetadata(id uint64) []byte {
 	return []byte("raftexample node-id=" + strconv.FormatUint(id, 10))
 }
 
-func (rc *raftNode) openWAL() error {
+func (rc *raftNode) openWAL() (err error) {
 	if !wal.Exist(rc.cfg.waldir) {
 		if err := mkdirDurable(filepath.Dir(rc.cfg.waldir)); err != nil {
 			return fmt.Errorf("create data dir: %w", err)
@@ -89,6 +89,14 @@ func (rc *raftNode) openWAL() error {
 	start := &walpb.Snapshot{Index: new(uint64(0)), Term: new(uint64(0))}
 	if snapFile != nil {
 		start = &walpb.Snapshot{Index: new(snapFile.md.GetIndex()), Term: new(snapFile.md.GetTerm())}
+		// The state is decoded while the WAL is read: with 1M keys each
+		// takes most of a second, and a restart waits for both.
+		snapFile.prefetch()
+		defer func() {
+			if err != nil {
+				snapFile.abandon()
+			}
+		}()
 	}
 
 	var (
