@@ -65,6 +65,31 @@ func (c *crcWriter) Write(p []byte) (int, error) {
 	return c.w.Write(p)
 }
 
+// snapWriteBackEvery is how much of a snapshot file may be written and not
+// yet on its way to the disk. A snapshot rewrites the whole store; left to
+// the page cache, its final fsync pushes all of it at once (25 MB at 100k
+// keys, 270 MB at 1M), and every WAL fsync in the meantime (each
+// acknowledged write waits for one) queues behind it. Written back as it
+// goes, a WAL fsync waits for at most this much.
+const snapWriteBackEvery = 1 << 20
+
+// pacedWriter writes to f and writes each snapWriteBackEvery bytes back
+// to the disk before it takes more.
+type pacedWriter struct {
+	f               *os.File
+	written, synced int64
+}
+
+func (p *pacedWriter) Write(b []byte) (int, error) {
+	n, err := p.f.Write(b)
+	p.written += int64(n)
+	if p.written-p.synced >= snapWriteBackEvery {
+		writeBack(p.f, p.synced, p.written-p.synced)
+		p.synced = p.written
+	}
+	return n, err
+}
+
 // writeSnapFile writes the snapshot file at path for md and body and
 // fsyncs it. The caller makes its name durable (fsyncs the directory). On
 // failure the partial file is removed.
@@ -87,7 +112,7 @@ func writeSnapFile(path string, md *raftpb.SnapshotMetadata, body snapshotBody) 
 			os.Remove(path)
 		}
 	}()
-	bw := bufio.NewWriterSize(f, 256<<10)
+	bw := bufio.NewWriterSize(&pacedWriter{f: f}, 256<<10)
 	var head []byte
 	head = binary.AppendUvarint(append(head, tagSnappbData), uint64(inner))
 	if _, err := bw.Write(head); err != nil {

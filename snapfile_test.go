@@ -137,3 +137,26 @@ func TestSnapFileBadBodyLeavesNoFile(t *testing.T) {
 		t.Fatalf("read back %v, %v", got, err)
 	}
 }
+
+// A snapshot file is written back to the disk as it is written, a
+// snapWriteBackEvery at a time, not all at the final fsync.
+func TestPacedWriterWritesBackAsItGoes(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "paced"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	p := &pacedWriter{f: f}
+	chunk := make([]byte, 300<<10)
+	for range 12 { // 3.5 MiB
+		if _, err := p.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if p.written-p.synced >= snapWriteBackEvery {
+			t.Fatalf("%d bytes written, only %d written back", p.written, p.synced)
+		}
+	}
+	if p.synced < 3*snapWriteBackEvery-int64(len(chunk)) || p.written != 12*int64(len(chunk)) {
+		t.Fatalf("written %d, written back %d", p.written, p.synced)
+	}
+}
