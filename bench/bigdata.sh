@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The large-data run of README "Performance": three fresh members on
+# loopback, loaded with KEYS fresh keys (16 bytes from 100,000 on) of
+# 256-byte values by 64 closed-loop clients; every member's RSS sampled
+# every 0.5 s; the snapshot bytes each member wrote; 10 s more load at that
+# size; then member 1 killed and restarted, timed to its first
+# linearizable read.
+#
+#	bash bench/bigdata.sh            # 1,000,000 keys; about 6 minutes here
+#	KEYS=200000 bash bench/bigdata.sh
+#
+# Ports 32001-32003 (peers) and 32101-32103 (clients) must be free.
+# Linux only (/proc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KEYS=${KEYS:-1000000}
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+go build -o "$WORK/raftexample" .
+go build -o "$WORK/bench" ./cmd/bench
+D=$WORK/data
+mkdir -p "$D"
+CL=http://127.0.0.1:32001,http://127.0.0.1:32002,http://127.0.0.1:32003
+EP=http://127.0.0.1:32101,http://127.0.0.1:32102,http://127.0.0.1:32103
+start() {
+	"$WORK/raftexample" --id "$1" --cluster $CL --port "3210$1" --data-dir "$D" --log-level info >>"$D/log$1" 2>&1 &
+	echo $!
+}
+firstRead() { # seconds until member $1 answers a linearizable read (at most 20)
+	local t0 t1
+	t0=$(date +%s.%N)
+	for _ in $(seq 1 1000); do
+		curl -sf -m 1 "http://127.0.0.1:3210$1/v1/kv/?prefix=bench-key-&limit=1" >/dev/null && break
+		sleep 0.02
+	done
+	t1=$(date +%s.%N)
+	echo "$t1 - $t0" | bc
+}
+declare -a P
+for i in 1 2 3; do P[$i]=$(start $i); done
+sleep 3
+(while true; do
+	for i in 1 2 3; do echo "$i $(awk '/VmRSS/{print $2}' /proc/${P[$i]}/status 2>/dev/null || echo 0)"; done
+	sleep 0.5
+done) >"$D/rss.txt" &
+sampler=$!
+echo "load: $KEYS keys, 64 clients"
+"$WORK/bench" --endpoints $EP --clients 64 --op put --value-size 256 --prefix bench-key- --count "$KEYS" --warmup 0s | sed -n 1,4p
+echo "then 10 s more at that size:"
+"$WORK/bench" --endpoints $EP --clients 64 --op put --value-size 256 --prefix after-key- --duration 10s --warmup 1s | sed -n 1,4p
+kill $sampler
+raw=$((KEYS * (16 + 256)))
+echo "raw keys and values: $((raw / 1000000)) MB"
+for i in 1 2 3; do
+	awk -v m=$i -v raw=$raw '$1==m && $2>x {x=$2} END {printf "member %d peak RSS %.0f MiB (%.1f× raw)\n", m, x/1024, x*1024/raw}' "$D/rss.txt"
+	grep -h 'saved snapshot' "$D/log$i" | grep -o '"bytes": [0-9]*' |
+		awk -F': ' -v m=$i -v raw=$raw '{s+=$2; n++} END {printf "member %d wrote %d snapshots, %.0f MB (%.1f× raw)\n", m, n, s/1e6, s/raw}'
+done
+kill "${P[1]}"
+wait "${P[1]}" 2>/dev/null || true
+P[1]=$(start 1)
+echo "member 1 restarted: first linearizable read after $(firstRead 1) s"
+sleep 1
+echo "member 1 RSS after restart: $(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/${P[1]}/status) MiB"
+kill "${P[1]}" "${P[2]}" "${P[3]}"
+wait 2>/dev/null || true
