@@ -418,7 +418,12 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, body snapsh
 	// applied before this snapshot was taken, and the WAL writes records in
 	// order. So the snapshot is durable and valid at restart before
 	// anything is released.
-	if err := rc.persistSnapshot(&raftpb.SnapshotMetadata{Index: new(index), Term: new(term), ConfState: cs}, body); err != nil {
+	err = rc.persistSnapshot(&raftpb.SnapshotMetadata{Index: new(index), Term: new(term), ConfState: cs}, body)
+	if errors.Is(err, errSnapZeroCRC) {
+		rc.lg.Warn("snapshot skipped: its checksum is 0, which the file format cannot hold; the next one will differ", zap.Uint64("index", index))
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("persist snapshot at %d: %w", index, err)
 	}
 	if err := rc.raftStorage.createSnapshot(index, cs); err != nil {

@@ -29,6 +29,12 @@ import (
 
 var snapCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
+// errSnapZeroCRC: a snapshot whose checksum happens to be 0 (one in 2^32),
+// which etcd's format reads as an empty file. Our own snapshot is skipped
+// (the next one differs); one from the leader stops the member, which
+// gets it again after the leader's next snapshot.
+var errSnapZeroCRC = errors.New("write snapshot file: its checksum is 0, which the format reads as an empty file")
+
 // Protobuf field tags: (field number << 3) | wire type.
 const (
 	tagSnappbCRC      = 1<<3 | 0 // snappb.Snapshot.crc, varint
@@ -132,8 +138,7 @@ func writeSnapFile(path string, md *raftpb.SnapshotMetadata, body snapshotBody) 
 		return fmt.Errorf("write snapshot file: %w", err)
 	}
 	if cw.crc == 0 {
-		// snap.Read takes a zero crc for an empty file; one in 2^32.
-		return errors.New("write snapshot file: its checksum is 0, which etcd's reader refuses; the next snapshot will differ")
+		return errSnapZeroCRC
 	}
 	if _, err := bw.Write(binary.AppendUvarint([]byte{tagSnappbCRC}, uint64(cw.crc))); err != nil {
 		return fmt.Errorf("write snapshot file: %w", err)

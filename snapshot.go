@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/bits"
 	"slices"
 	"strings"
 	"time"
@@ -64,10 +65,8 @@ func snapshotSize(st *snapshotState) int64 {
 	return n
 }
 
-func uvarintLen(v uint64) int64 {
-	return int64(len(binary.AppendUvarint(make([]byte, 0, binary.MaxVarintLen64), v)))
-}
-func stringLen(s string) int64 { return uvarintLen(uint64(len(s))) + int64(len(s)) }
+func uvarintLen(v uint64) int64 { return int64(bits.Len64(v|1)+6) / 7 }
+func stringLen(s string) int64  { return uvarintLen(uint64(len(s))) + int64(len(s)) }
 
 // snapshotChunk is how much of an encoding writeSnapshot builds before it
 // hands it to w: large enough that the writes are few, small enough that a
