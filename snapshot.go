@@ -168,7 +168,8 @@ func readSnapshot(r io.Reader, size int64) (*snapshotState, error) {
 	}
 	var last string
 	for n := d.count(); n > 0 && d.err == nil; n-- {
-		it := &item{key: d.string(), value: d.string(), create: st.index, mod: st.index, version: 1}
+		key, value := d.pair()
+		it := &item{key: key, value: value, create: st.index, mod: st.index, version: 1}
 		if !v1 {
 			it.create, it.mod, it.version = d.uvarint(), d.uvarint(), d.uvarint()
 			if st.keys.Len() > 0 && it.key <= last {
@@ -195,6 +196,8 @@ type snapDecoder struct {
 	r    *bufio.Reader
 	left int64 // bytes of the snapshot not read yet
 	err  error
+	// scratch holds a key while its value's length is read (pair).
+	scratch []byte
 }
 
 func (d *snapDecoder) failWith(err error) {
@@ -240,6 +243,43 @@ func (d *snapDecoder) count() uint64 {
 
 func (d *snapDecoder) string() string { return d.fixed(int(min(d.count(), uint64(d.left)))) }
 
+// pair reads two strings (a key and its value) into one allocation: a
+// restore of 1M keys makes 1M fewer, and the two live and die together
+// (a put makes a new item with strings of its own).
+func (d *snapDecoder) pair() (string, string) {
+	n1 := int(min(d.count(), uint64(d.left)))
+	if d.err != nil {
+		return "", ""
+	}
+	var first []byte
+	if n1 <= d.r.Size() {
+		b, err := d.r.Peek(n1)
+		if err != nil {
+			d.truncated()
+			return "", ""
+		}
+		d.scratch = append(d.scratch[:0], b...) // Peek's bytes do not outlive the next read
+		first = d.scratch
+		d.r.Discard(n1)
+		d.left -= int64(n1)
+	} else {
+		first = []byte(d.fixed(n1))
+	}
+	n2 := int(min(d.count(), uint64(d.left)))
+	if d.err != nil || int64(n2) > d.left {
+		d.truncated()
+		return "", ""
+	}
+	var sb strings.Builder
+	sb.Grow(n1 + n2)
+	sb.Write(first)
+	if !d.readInto(&sb, n2) {
+		return "", ""
+	}
+	both := sb.String()
+	return both[:n1], both[n1:]
+}
+
 // fixed reads n bytes as a string: one allocation, whatever its length.
 func (d *snapDecoder) fixed(n int) string {
 	if d.err != nil {
@@ -262,12 +302,26 @@ func (d *snapDecoder) fixed(n int) string {
 	}
 	var sb strings.Builder
 	sb.Grow(n)
-	if _, err := io.CopyN(&sb, d.r, int64(n)); err != nil {
-		d.truncated()
+	if !d.readInto(&sb, n) {
 		return ""
 	}
-	d.left -= int64(n)
 	return sb.String()
+}
+
+// readInto copies the next n bytes into sb through the read buffer.
+func (d *snapDecoder) readInto(sb *strings.Builder, n int) bool {
+	for n > 0 {
+		b, err := d.r.Peek(min(n, d.r.Size()))
+		if err != nil {
+			d.truncated()
+			return false
+		}
+		sb.Write(b)
+		d.r.Discard(len(b))
+		d.left -= int64(len(b))
+		n -= len(b)
+	}
+	return true
 }
 
 // restore replaces the whole state with a snapshot's.
