@@ -36,6 +36,7 @@ type config struct {
 	listen          string
 	dataDir         string
 	snapshotCount   uint64
+	logWindow       uint64
 	tick            time.Duration
 	electionTicks   int
 	requestTimeout  time.Duration
@@ -63,6 +64,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	listen := fs.String("listen", "127.0.0.1", "host or IP the client HTTP API listens on")
 	dataDir := fs.String("data-dir", ".", "directory holding raftexample-<id> (WAL) and raftexample-<id>-snap")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots, at the least (a store past 4 MiB also waits until the log since the last snapshot holds half of it)")
+	logWindow := fs.Uint64("log-window-bytes", 8<<20, "bytes of applied raft log kept in memory for followers that are a little behind; older entries since the snapshot are read back from the WAL")
 	tick := fs.Int("tick", 100, "raft tick in milliseconds")
 	electionTicks := fs.Int("election-ticks", 10, "ticks without a leader before an election (heartbeat is 1 tick)")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for the cluster before 503")
@@ -108,7 +110,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 
 	cfg := config{
 		id: *id, port: *port, join: *join, listen: *listen, dataDir: *dataDir,
-		snapshotCount: *snapshotCount, tick: time.Duration(*tick) * time.Millisecond,
+		snapshotCount: *snapshotCount, logWindow: *logWindow, tick: time.Duration(*tick) * time.Millisecond,
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
@@ -187,6 +189,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	lg := newLogger(level, stderr)
 	defer lg.Sync()
 
+	if gcTuning(getenv) {
+		stopGC, gcDone := make(chan struct{}), make(chan struct{})
+		go func() { defer close(gcDone); tuneGC(stopGC) }()
+		defer func() { close(stopGC); <-gcDone }()
+	}
 	s, err := startServer(lg, cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "raftexample: %v\n", err)
@@ -261,7 +268,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		id: cfg.id, peers: cfg.cluster, join: cfg.join,
 		waldir: base, snapdir: base + "-snap",
 		tick: cfg.tick, electionTicks: cfg.electionTicks,
-		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount,
+		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount, logWindow: cfg.logWindow,
 		isRemoved: members.isRemoved,
 	}, proposeC)
 	if err != nil {

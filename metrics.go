@@ -58,6 +58,14 @@ var (
 		Namespace: "raftexample", Name: "snapshot_size_bytes",
 		Help: "Size of the newest snapshot this member took.",
 	})
+	metricLogReadBack = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "raft_log_read_back_entries_total",
+		Help: "Log entries read back from the WAL because they had left the in-memory window (for a follower that is behind, or replay after a restart).",
+	})
+	metricLogMemoryBytes = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "raft_log_memory_bytes",
+		Help: "Data bytes of the raft log entries held in memory: those not yet applied plus the window kept for followers.",
+	})
 	metricWatchers = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "raftexample", Name: "watchers",
 		Help: "Watches (long polls and streams) being served.",
@@ -71,7 +79,7 @@ var (
 func init() {
 	prometheus.MustRegister(metricRequests, metricProposals, metricProposalsPending, metricLeaderChanges,
 		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
-		metricSnapshotBytes, metricWatchers, metricWatchEvents)
+		metricSnapshotBytes, metricLogReadBack, metricLogMemoryBytes, metricWatchers, metricWatchEvents)
 }
 
 // proposalResult labels how a proposal ended.

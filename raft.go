@@ -49,6 +49,10 @@ type raftConfig struct {
 	electionTicks  int
 	requestTimeout time.Duration
 	snapshotCount  uint64
+	// logWindow is how many bytes of applied entries stay in memory for
+	// followers a little behind (--log-window-bytes); older ones are read
+	// back from the WAL.
+	logWindow uint64
 	// isRemoved is all the raft node knows of the state machine: whether an
 	// id was removed from the cluster by an applied change.
 	isRemoved func(id uint64) bool
@@ -126,7 +130,7 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		lg:          lg,
 		proposeC:    proposeC,
 		commitC:     make(chan *commit, 64),
-		raftStorage: newLogStorage(),
+		raftStorage: newLogStorage(cfg.logWindow),
 		fetchC:      make(chan *raftpb.SnapshotMetadata, 1),
 		readReqC:    make(chan chan<- readResult, 1024),
 		readStateC:  make(chan raft.ReadState, 64),
@@ -147,6 +151,7 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		}
 		return nil, err
 	}
+	rc.raftStorage.setDisk(&walEntries{dir: cfg.waldir})
 	return rc, nil
 }
 
@@ -155,13 +160,17 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 // conflict was reported before this.
 func (rc *raftNode) start(peerLn *stoppableListener) error {
 	c := &raft.Config{
-		ID:                        rc.cfg.id,
-		ElectionTick:              rc.cfg.electionTicks,
-		HeartbeatTick:             1,
-		Storage:                   rc.raftStorage,
-		Applied:                   rc.startSnap.index(),
-		MaxSizePerMsg:             1 << 20,
-		MaxInflightMsgs:           256,
+		ID:              rc.cfg.id,
+		ElectionTick:    rc.cfg.electionTicks,
+		HeartbeatTick:   1,
+		Storage:         rc.raftStorage,
+		Applied:         rc.startSnap.index(),
+		MaxSizePerMsg:   1 << 20,
+		MaxInflightMsgs: 256,
+		// A follower far behind is sent entries read back from the WAL on
+		// raft's goroutine (logStorage), as many as the in-flight limits
+		// allow at once: by bytes, a burst is a few reads, not 256 MiB.
+		MaxInflightBytes:          8 << 20,
 		MaxUncommittedEntriesSize: 1 << 30,
 		CheckQuorum:               true,
 		PreVote:                   true,
@@ -355,6 +364,13 @@ func (rc *raftNode) readyLoop() {
 			}
 			if !rc.publish(snapToApply, rd.CommittedEntries, leaderChanged) {
 				return
+			}
+			if n := len(rd.CommittedEntries); n > 0 {
+				// Raft hands each entry out to apply once; from here on it
+				// wants these only for followers that are behind.
+				rc.raftStorage.evict(rd.CommittedEntries[n-1].GetIndex())
+				_, b := rc.raftStorage.inMemory()
+				metricLogMemoryBytes.Set(float64(b))
 			}
 			rc.node.Advance()
 		}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
@@ -108,7 +109,7 @@ func newTestCluster(t testing.TB, n int, mod func(*config)) *testCluster {
 func (c *testCluster) addConfig(id uint64, peers []string, join bool, mod func(*config)) {
 	cfg := config{
 		id: id, cluster: peers, join: join, listen: "127.0.0.1", dataDir: c.dir,
-		snapshotCount: 10000, tick: 10 * time.Millisecond, electionTicks: 10,
+		snapshotCount: 10000, logWindow: 8 << 20, tick: 10 * time.Millisecond, electionTicks: 10,
 		requestTimeout: 3 * time.Second, maxRequestBytes: 1536 * 1024,
 		limits:       limits{keyBytes: 4096, valueBytes: 1536 * 1024, txnOps: 128, listLimit: 1000, watchers: 100, watchWait: time.Minute},
 		watchHistory: 10000,
@@ -404,6 +405,49 @@ func TestSnapshotCatchUpAfterCompaction(t *testing.T) {
 	c.stop(lagger)
 	c.start(lagger)
 	c.mustGet(lagger, "s77", "77")
+}
+
+// A follower that fell behind the leader's in-memory log window, but not
+// behind its snapshot, is sent the entries read back from the leader's WAL:
+// no snapshot. Its own replay after a restart reads the same way.
+func TestLaggingFollowerCatchesUpFromTheWAL(t *testing.T) {
+	c := newTestCluster(t, 3, func(cfg *config) { cfg.logWindow = 1 << 10 })
+	lead := c.leader()
+	lagger := (lead + 1) % 3
+	c.stop(lagger)
+	readBack := testutil.ToFloat64(metricLogReadBack)
+	value := strings.Repeat("v", 200)
+	for i := 0; i < 200; i++ {
+		c.mustPut(lead, "w"+strconv.Itoa(i), value+strconv.Itoa(i))
+	}
+	c.start(lagger)
+	eventually(t, 10*time.Second, func() error {
+		r := do(t, "GET", c.url(lagger, "/w199?consistency=serializable"), "")
+		if r.code != 200 || r.body != value+"199" {
+			return fmt.Errorf("lagging member: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	if strings.Contains(c.log.String(), "installed snapshot from leader") {
+		t.Fatal("the lagging member was sent a snapshot")
+	}
+	if testutil.ToFloat64(metricLogReadBack) == readBack {
+		t.Fatal("no entry was read back from the WAL")
+	}
+	for i := 0; i < 200; i += 7 {
+		c.mustGet(lagger, "w"+strconv.Itoa(i), value+strconv.Itoa(i))
+	}
+	// Every member restarted: each replays its WAL, and the values are there.
+	for i := range 3 {
+		c.stop(i)
+	}
+	for i := range 3 {
+		c.start(i)
+	}
+	c.leader()
+	for i := 0; i < 200; i += 13 {
+		c.mustGet(i%3, "w"+strconv.Itoa(i), value+strconv.Itoa(i))
+	}
 }
 
 func TestAddAndRemoveMembers(t *testing.T) {

@@ -182,6 +182,9 @@ func runScenario(t *testing.T, sc scenario) {
 	c, err := cluster.Start(ctx, cluster.Options{
 		Binary: serverBin, Dir: dir, Size: sc.size, SnapshotCount: sc.snapshotCount, Logf: t.Logf,
 		PowerFS: powerFS, KeepDisks: func() bool { return len(r.failures) > 0 || t.Failed() },
+		// A small in-memory log window: a member that falls behind (killed,
+		// partitioned, paused) is sent entries read back from the WAL.
+		LogWindowBytes: 4 << 10,
 	})
 	if err != nil {
 		r.fail("start: %v", err)

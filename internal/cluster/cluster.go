@@ -34,6 +34,7 @@ type Options struct {
 	Dir            string        // data dirs, logs and events.log go here; required
 	Size           int           // initial members; default 3
 	SnapshotCount  uint64        // --snapshot-count; default: the server's
+	LogWindowBytes uint64        // --log-window-bytes; default: the server's
 	Tick           time.Duration // --tick; default 50ms
 	ElectionTicks  int           // --election-ticks; default 10
 	RequestTimeout time.Duration // --request-timeout; default 2s
@@ -239,6 +240,9 @@ func (c *Cluster) args(n *member, ids []uint64, join bool) []string {
 	}
 	if c.opts.SnapshotCount > 0 {
 		args = append(args, "--snapshot-count", strconv.FormatUint(c.opts.SnapshotCount, 10))
+	}
+	if c.opts.LogWindowBytes > 0 {
+		args = append(args, "--log-window-bytes", strconv.FormatUint(c.opts.LogWindowBytes, 10))
 	}
 	if join {
 		args = append(args, "--join")

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+	"go.etcd.io/etcd/server/v3/storage/wal"
+	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
+	"go.etcd.io/raft/v3/raftpb"
+	"google.golang.org/protobuf/proto"
+)
+
+// walEntries reads log entries back from the WAL's segment files, for
+// logStorage when raft wants entries that left its memory window.
+//
+// Which records are the log: the WAL appends, so it also holds records a
+// new leader overwrote. A segment is named after the index that its first
+// entry record was expected to have (etcd's walName): at the cut, the log
+// ended just before that index. So the log's entry at lo, if it was
+// written before the cut that began segment K, was written again after
+// it, provided K is the newest segment named at most lo; reading from K on
+// finds it. Among the records for one index, the one whose term is the
+// term logStorage holds for it is the entry (raft's log matching rule).
+//
+// Safe to read while the WAL appends to its last segment: records raft
+// asks back for were applied, so a Save that synced wrote them earlier;
+// the decoder stops before the tail being written. The segments it reads
+// are not purged meanwhile: logStorage holds its lock while reading, and
+// Compact, which takes it, runs before releaseWAL purges.
+//
+// Raft asks for a follower's entries MaxSizePerMsg at a time, each from
+// where the last ended, and a read starts at the beginning of a segment:
+// so each read also decodes up to readAhead bytes beyond what it returns,
+// kept in ahead for the read that follows. Called only under logStorage's
+// lock.
+type walEntries struct {
+	dir   string
+	ahead []*raftpb.Entry // consecutive entries decoded past the last read
+}
+
+// readAhead is how many bytes a read decodes beyond its answer.
+const readAhead = 4 << 20
+
+// walSegment is one segment file and the index its name gives.
+type walSegment struct {
+	path  string
+	index uint64
+}
+
+// segments lists the WAL's segment files in order.
+func (w *walEntries) segments() ([]walSegment, error) {
+	names, err := fileutil.ReadDir(w.dir)
+	if err != nil {
+		return nil, err
+	}
+	var segs []walSegment
+	for _, name := range names {
+		if !strings.HasSuffix(name, ".wal") {
+			continue
+		}
+		var seq, index uint64
+		if _, err := fmt.Sscanf(name, "%016x-%016x.wal", &seq, &index); err != nil {
+			continue
+		}
+		segs = append(segs, walSegment{path: filepath.Join(w.dir, name), index: index})
+	}
+	return segs, nil
+}
+
+// read implements entryReader.
+func (w *walEntries) read(lo, hi, maxSize uint64, term func(uint64) uint64) ([]*raftpb.Entry, error) {
+	if ents := w.fromAhead(lo, hi, maxSize, term); len(ents) > 0 {
+		return ents, nil
+	}
+	ents, err := w.readSegments(lo, hi, maxSize+readAhead, term)
+	if err != nil {
+		return nil, err
+	}
+	n := len(limitEntries(ents, maxSize))
+	w.ahead = ents[n:]
+	return ents[:n:n], nil
+}
+
+// fromAhead answers from the entries the last read decoded, if they start
+// at lo and their terms are still the log's.
+func (w *walEntries) fromAhead(lo, hi, maxSize uint64, term func(uint64) uint64) []*raftpb.Entry {
+	ahead := w.ahead
+	w.ahead = nil
+	if len(ahead) == 0 || ahead[0].GetIndex() != lo {
+		return nil
+	}
+	n := 0
+	for n < len(ahead) && ahead[n].GetIndex() < hi && ahead[n].GetTerm() == term(ahead[n].GetIndex()) {
+		n++
+	}
+	n = len(limitEntries(ahead[:n], maxSize))
+	w.ahead = ahead[n:]
+	return ahead[:n:n]
+}
+
+// forget drops the entries read ahead.
+func (w *walEntries) forget() { w.ahead = nil }
+
+// readSegments decodes the entries [lo, hi) from the segments, up to
+// maxSize bytes (at least one entry).
+func (w *walEntries) readSegments(lo, hi, maxSize uint64, term func(uint64) uint64) ([]*raftpb.Entry, error) {
+	segs, err := w.segments()
+	if err != nil {
+		return nil, fmt.Errorf("list wal segments: %w", err)
+	}
+	// The newest segment named at most lo (segments are in name order,
+	// which is sequence order).
+	k := -1
+	for i, s := range segs {
+		if s.index <= lo {
+			k = i
+		}
+	}
+	if k < 0 {
+		return nil, fmt.Errorf("no wal segment in %s reaches back to index %d", w.dir, lo)
+	}
+	var (
+		ents []*raftpb.Entry
+		size uint64
+	)
+	next := lo
+	for _, s := range segs[k:] {
+		done, err := readSegmentEntries(s.path, func(e *raftpb.Entry) bool {
+			if e.GetIndex() != next || e.GetTerm() != term(next) {
+				return true // an overwritten record, or one before lo
+			}
+			size += uint64(proto.Size(e))
+			if len(ents) > 0 && size > maxSize {
+				return false
+			}
+			ents = append(ents, e)
+			next++
+			return next < hi
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", s.path, err)
+		}
+		if done {
+			return ents, nil
+		}
+	}
+	if len(ents) > 0 {
+		return ents, nil
+	}
+	return nil, fmt.Errorf("entry %d (term %d) not found in %s from %s on", lo, term(lo), w.dir, filepath.Base(segs[k].path))
+}
+
+// readSegmentEntries calls fn with each entry record of the segment at
+// path, in order, until fn returns false (then done is true) or the
+// records end.
+func readSegmentEntries(path string, fn func(*raftpb.Entry) bool) (done bool, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	dec := wal.NewDecoder(fileutil.NewFileReader(f))
+	for {
+		rec := &walpb.Record{}
+		err := dec.Decode(rec)
+		switch {
+		case errors.Is(err, io.EOF):
+			return false, nil
+		case err != nil:
+			return false, fmt.Errorf("decode record at byte %d: %w", dec.LastOffset(), err)
+		}
+		switch rec.GetType() {
+		case wal.CrcType:
+			dec.UpdateCRC(rec.GetCrc())
+		case wal.EntryType:
+			e := &raftpb.Entry{}
+			if err := proto.Unmarshal(rec.GetData(), e); err != nil {
+				return false, fmt.Errorf("decode entry at byte %d: %w", dec.LastOffset(), err)
+			}
+			if !fn(e) {
+				return true, nil
+			}
+		}
+	}
+}
