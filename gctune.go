@@ -3,6 +3,8 @@ package main
 import (
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,15 +15,23 @@ import (
 // pages. Here the runtime's soft memory limit follows the live heap, at
 // live×(1+gcHeadroomShare)+gcHeadroomFloor: a small store still collects as
 // GOGC=100 says (that goal is below the limit), a large one collects
-// sooner and returns pages. The collector's CPU grows as the headroom
-// shrinks; at a quarter of the live heap it was within the noise of the
-// 1M-key load's throughput (README, Performance).
+// sooner and returns pages. At a quarter of the live heap the 1M-key
+// load's throughput and tail did not move (README, Performance).
+//
+// While a member restores its own disk at start, the heap is nearly all
+// live as it grows, and a limit that trails it made the collector run over
+// and over (a 1M-key restart took 0.5 s longer). So until the replay is
+// done the limit is set from the size the raft node expects the store to
+// reach (expect), not from what is live yet.
 //
 // An operator's GOGC or GOMEMLIMIT wins: with either set, nothing is tuned.
 const (
 	gcHeadroomShare = 0.25
 	gcHeadroomFloor = 64 << 20
 	gcTuneEvery     = 250 * time.Millisecond
+	// gcBytesInMemory is the heap that a byte of snapshot or log encoding
+	// becomes once applied (an item, a key and a value per key, the tree).
+	gcBytesInMemory = 1.3
 )
 
 // gcLimitFor is the memory limit for a live heap of live bytes.
@@ -29,30 +39,66 @@ func gcLimitFor(live uint64) int64 {
 	return int64(float64(live)*(1+gcHeadroomShare)) + gcHeadroomFloor
 }
 
-// tuneGC keeps the memory limit in step with the live heap until stop is
-// closed, then puts back the limit it found. Run on its own goroutine, one
-// per process (the limit is process-wide).
-func tuneGC(stop <-chan struct{}) {
-	before := debug.SetMemoryLimit(-1)
-	defer debug.SetMemoryLimit(before)
+// gcTuner keeps the memory limit in step with the live heap. One per
+// process (the limit is process-wide); its goroutine runs from
+// startGCTuner until stop.
+type gcTuner struct {
+	expected atomic.Uint64 // heap bytes the replay will reach; 0 once done
+	stopc    chan struct{}
+	done     chan struct{}
+	once     sync.Once
+	before   int64 // the limit found at start, put back by stop
+}
+
+func startGCTuner() *gcTuner {
+	t := &gcTuner{stopc: make(chan struct{}), done: make(chan struct{}), before: debug.SetMemoryLimit(-1)}
+	go t.run()
+	return t
+}
+
+func (t *gcTuner) run() {
+	defer close(t.done)
 	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	t := time.NewTicker(gcTuneEvery)
-	defer t.Stop()
+	tick := time.NewTicker(gcTuneEvery)
+	defer tick.Stop()
 	for {
 		metrics.Read(sample)
 		if sample[0].Value.Kind() == metrics.KindUint64 {
-			debug.SetMemoryLimit(gcLimitFor(sample[0].Value.Uint64()))
+			debug.SetMemoryLimit(gcLimitFor(max(sample[0].Value.Uint64(), t.expected.Load())))
 		}
 		select {
-		case <-t.C:
-		case <-stop:
+		case <-tick.C:
+		case <-t.stopc:
 			return
 		}
 	}
 }
 
-// gcTuning says whether tuneGC should run: not when the environment sets
-// the collector's knobs.
+// expect says the heap is about to hold what encodes in n bytes (the
+// snapshot and log a restart replays); expect(0) says the replay is done.
+// A no-op on nil (no tuning).
+func (t *gcTuner) expect(n uint64) {
+	if t == nil {
+		return
+	}
+	heap := uint64(float64(n) * gcBytesInMemory)
+	t.expected.Store(heap)
+	if heap > 0 {
+		debug.SetMemoryLimit(max(gcLimitFor(heap), debug.SetMemoryLimit(-1)))
+	}
+}
+
+// stop ends the tuning and puts back the limit found at start.
+func (t *gcTuner) stop() {
+	t.once.Do(func() {
+		close(t.stopc)
+		<-t.done
+		debug.SetMemoryLimit(t.before)
+	})
+}
+
+// gcTuning says whether to tune: not when the environment sets the
+// collector's knobs.
 func gcTuning(getenv func(string) string) bool {
 	return getenv("GOGC") == "" && getenv("GOMEMLIMIT") == ""
 }

@@ -24,17 +24,40 @@ func TestGCLimitFollowsTheLiveHeap(t *testing.T) {
 	}
 
 	before := debug.SetMemoryLimit(-1)
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() { defer close(done); tuneGC(stop) }()
+	tuner := startGCTuner()
+	defer tuner.stop()
 	eventually(t, 5*time.Second, func() error {
 		if l := debug.SetMemoryLimit(-1); l == before || l < gcHeadroomFloor || l == math.MaxInt64 {
 			return fmt.Errorf("memory limit %d, not set from the live heap", l)
 		}
 		return nil
 	})
-	close(stop)
-	<-done
+	// A replay about to decode 1 GiB: the limit is set for what it will
+	// become at once, and stays until the replay is done.
+	replay := uint64(1 << 30)
+	tuner.expect(replay)
+	want := gcLimitFor(uint64(float64(replay) * gcBytesInMemory))
+	if l := debug.SetMemoryLimit(-1); l != want {
+		t.Fatalf("memory limit %d while a 1 GiB replay is expected, want %d", l, want)
+	}
+	time.Sleep(2 * gcTuneEvery)
+	if l := debug.SetMemoryLimit(-1); l != want {
+		t.Fatalf("memory limit %d during the replay, want %d", l, want)
+	}
+	tuner.expect(0)
+	eventually(t, 5*time.Second, func() error {
+		if l := debug.SetMemoryLimit(-1); l >= want {
+			return fmt.Errorf("memory limit %d after the replay, still the expected heap's", l)
+		}
+		return nil
+	})
+	tuner.stop()
 	if l := debug.SetMemoryLimit(-1); l != before {
 		t.Fatalf("memory limit %d after the tuner stopped, want %d back", l, before)
+	}
+	var none *gcTuner
+	none.expect(1 << 30) // no tuning: nothing happens
+	if l := debug.SetMemoryLimit(-1); l != before {
+		t.Fatalf("a nil tuner changed the memory limit to %d", l)
 	}
 }

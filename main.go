@@ -47,7 +47,8 @@ type config struct {
 	level           *zap.AtomicLevel // the logger's level, changeable at run time; nil: fixed
 	enablePprof     bool
 	strictReconfig  bool
-	clientURL       string // --advertise-client-url; "": derived at start
+	clientURL       string       // --advertise-client-url; "": derived at start
+	expectHeap      func(uint64) // told what a restart will replay (gcTuner.expect); nil: nothing
 }
 
 const envPrefix = "RAFTEXAMPLE_"
@@ -189,10 +190,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	lg := newLogger(level, stderr)
 	defer lg.Sync()
 
+	var tuner *gcTuner
 	if gcTuning(getenv) {
-		stopGC, gcDone := make(chan struct{}), make(chan struct{})
-		go func() { defer close(gcDone); tuneGC(stopGC) }()
-		defer func() { close(stopGC); <-gcDone }()
+		tuner = startGCTuner()
+		defer tuner.stop()
+		cfg.expectHeap = tuner.expect
 	}
 	s, err := startServer(lg, cfg)
 	if err != nil {
@@ -201,6 +203,17 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			return 2
 		}
 		return 1
+	}
+	if tuner != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		replayed := make(chan struct{})
+		go func() {
+			defer close(replayed)
+			if s.kv.waitApplied(ctx, s.rn.startCommit) == nil {
+				tuner.expect(0) // from here on the live heap says it
+			}
+		}()
+		defer func() { cancel(); <-replayed }()
 	}
 	sigc := make(chan os.Signal, 2)
 	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM)
@@ -269,7 +282,8 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		waldir: base, snapdir: base + "-snap",
 		tick: cfg.tick, electionTicks: cfg.electionTicks,
 		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount, logWindow: cfg.logWindow,
-		isRemoved: members.isRemoved,
+		expectHeap: cfg.expectHeap,
+		isRemoved:  members.isRemoved,
 	}, proposeC)
 	if err != nil {
 		peerLn.Close()

@@ -53,6 +53,9 @@ type raftConfig struct {
 	// followers a little behind (--log-window-bytes); older ones are read
 	// back from the WAL.
 	logWindow uint64
+	// expectHeap, if set, is told how many bytes of snapshot and log a
+	// restart replays, before it is decoded (the GC tuner sizes the heap).
+	expectHeap func(encoded uint64)
 	// isRemoved is all the raft node knows of the state machine: whether an
 	// id was removed from the cluster by an applied change.
 	isRemoved func(id uint64) bool
@@ -86,6 +89,9 @@ type raftNode struct {
 	// read as a stream by the state machine, first thing on commitC.
 	startSnap *snapFileLayout
 	newWAL    bool // the WAL was created by this start: a new member
+	// startCommit is the commit index the WAL held at start: once it is
+	// applied, the member has replayed its own disk.
+	startCommit uint64
 	// diskState describes the WAL and snapshot files as found at start, for
 	// the log line of a raft panic (which most often means they lost data).
 	diskState string

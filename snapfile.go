@@ -347,9 +347,10 @@ func (l *snapFileLayout) prefetch() {
 	}()
 }
 
-// abandon waits for a prefetch that nobody will read to end.
+// abandon waits for a prefetch that nobody will read to end. A no-op on
+// nil.
 func (l *snapFileLayout) abandon() {
-	if l.decoded != nil {
+	if l != nil && l.decoded != nil {
 		<-l.decoded
 		l.decoded = nil
 	}

@@ -78,20 +78,35 @@ func (rc *raftNode) openWAL() (err error) {
 		return nil
 	}
 
+	// The state is decoded while the WAL is read: with 1M keys each takes
+	// most of a second, and a restart waits for both. Which snapshot the
+	// WAL can use is known only once all of it has been read for its
+	// snapshot records (a fifth of a second there), so the newest file
+	// that checks out is decoded meanwhile: it is almost always that one.
+	guess := rc.newestSnapFile()
+	if guess != nil {
+		rc.expectReplay(uint64(guess.dataLen))
+		guess.prefetch()
+	}
 	walSnaps, err := wal.ValidSnapshotEntries(rc.lg, rc.cfg.waldir)
 	if err != nil {
+		guess.abandon()
 		return rc.walDamaged(fmt.Errorf("list snapshots recorded in wal: %w", err))
 	}
-	snapFile, err := rc.loadNewestSnapshot(walSnaps)
+	snapFile, err := rc.loadNewestSnapshot(walSnaps, guess)
+	if snapFile != guess {
+		guess.abandon()
+	}
 	if err != nil {
 		return fmt.Errorf("load snapshot from %s: %w", rc.cfg.snapdir, err)
 	}
 	start := &walpb.Snapshot{Index: new(uint64(0)), Term: new(uint64(0))}
 	if snapFile != nil {
 		start = &walpb.Snapshot{Index: new(snapFile.md.GetIndex()), Term: new(snapFile.md.GetTerm())}
-		// The state is decoded while the WAL is read: with 1M keys each
-		// takes most of a second, and a restart waits for both.
-		snapFile.prefetch()
+		rc.expectReplay(uint64(snapFile.dataLen))
+		if snapFile != guess {
+			snapFile.prefetch()
+		}
 		defer func() {
 			if err != nil {
 				snapFile.abandon()
@@ -157,6 +172,15 @@ func (rc *raftNode) openWAL() (err error) {
 	if err := rc.raftStorage.Append(ents); err != nil {
 		return fmt.Errorf("load wal entries: %w", err)
 	}
+	rc.startCommit = st.GetCommit()
+	logBytes := 0
+	for _, e := range ents {
+		logBytes += len(e.GetData())
+	}
+	if snapFile != nil {
+		logBytes += int(snapFile.dataLen)
+	}
+	rc.expectReplay(uint64(logBytes))
 	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
 		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
 	return nil
@@ -166,8 +190,10 @@ func (rc *raftNode) openWAL() (err error) {
 // and that passes its checks, as etcd's Snapshotter.LoadNewestAvailable
 // does, but reads each as a stream and keeps none of its state in memory.
 // A file that fails is set aside as <name>.broken, as etcd does, and the
-// next older one is tried. Nil when there is none.
-func (rc *raftNode) loadNewestSnapshot(walSnaps []*walpb.Snapshot) (*snapFileLayout, error) {
+// next older one is tried. Nil when there is none. checked, if not nil,
+// is a file already read and found sound (newestSnapFile): it is returned
+// as it is if it is the one.
+func (rc *raftNode) loadNewestSnapshot(walSnaps []*walpb.Snapshot, checked *snapFileLayout) (*snapFileLayout, error) {
 	files, err := listSnapFiles(rc.cfg.snapdir)
 	if err != nil {
 		return nil, fmt.Errorf("list snapshot files: %w", err)
@@ -177,6 +203,9 @@ func (rc *raftNode) loadNewestSnapshot(walSnaps []*walpb.Snapshot) (*snapFileLay
 			continue
 		}
 		path := filepath.Join(rc.cfg.snapdir, f.name)
+		if checked != nil && checked.path == path {
+			return checked, nil
+		}
 		l, err := readSnapFile(path)
 		if err == nil && (l.md.GetIndex() != f.index || l.md.GetTerm() != f.term) {
 			err = fmt.Errorf("the file holds the snapshot at index %d, term %d", l.md.GetIndex(), l.md.GetTerm())
@@ -191,6 +220,29 @@ func (rc *raftNode) loadNewestSnapshot(walSnaps []*walpb.Snapshot) (*snapFileLay
 		rc.lg.Warn("renamed to a broken snap file", zap.String("path", path), zap.String("broken-path", path+".broken"))
 	}
 	return nil, nil
+}
+
+// expectReplay tells the GC tuner, if any, how much a restart replays.
+func (rc *raftNode) expectReplay(encoded uint64) {
+	if rc.cfg.expectHeap != nil {
+		rc.cfg.expectHeap(encoded)
+	}
+}
+
+// newestSnapFile is the newest snapshot file, if it checks out (framing,
+// checksum, and the name's index and term), whether or not the WAL records
+// it; nil otherwise. Nothing is renamed: loadNewestSnapshot decides.
+func (rc *raftNode) newestSnapFile() *snapFileLayout {
+	files, err := listSnapFiles(rc.cfg.snapdir)
+	if err != nil || len(files) == 0 {
+		return nil
+	}
+	f := files[len(files)-1]
+	l, err := readSnapFile(filepath.Join(rc.cfg.snapdir, f.name))
+	if err != nil || l.md.GetIndex() != f.index || l.md.GetTerm() != f.term {
+		return nil
+	}
+	return l
 }
 
 // walDamaged explains a WAL that cannot be read (not a torn tail, which is
