@@ -8,12 +8,14 @@
 #
 #	bash bench/bigdata.sh            # 1,000,000 keys; about 6 minutes here
 #	KEYS=200000 bash bench/bigdata.sh
+#	RESTARTS=4 bash bench/bigdata.sh # restart member 1 four times over
 #
 # Ports 32001-32003 (peers) and 32101-32103 (clients) must be free.
 # Linux only (/proc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEYS=${KEYS:-1000000}
+RESTARTS=${RESTARTS:-1}
 WORK=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 go build -o "$WORK/raftexample" .
@@ -56,11 +58,13 @@ for i in 1 2 3; do
 	grep -h 'saved snapshot' "$D/log$i" | grep -o '"bytes": [0-9]*' |
 		awk -F': ' -v m=$i -v raw=$raw '{s+=$2; n++} END {printf "member %d wrote %d snapshots, %.0f MB (%.1f× raw)\n", m, n, s/1e6, s/raw}'
 done
-kill "${P[1]}"
-wait "${P[1]}" 2>/dev/null || true
-P[1]=$(start 1)
-echo "member 1 restarted: first linearizable read after $(firstRead 1) s"
-sleep 1
-echo "member 1 RSS after restart: $(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/${P[1]}/status) MiB"
+for r in $(seq 1 "$RESTARTS"); do
+	kill "${P[1]}"
+	wait "${P[1]}" 2>/dev/null || true
+	P[1]=$(start 1)
+	echo "member 1 restarted: first linearizable read after $(firstRead 1) s"
+	sleep 1
+	echo "member 1 RSS after restart: $(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/${P[1]}/status) MiB"
+done
 kill "${P[1]}" "${P[2]}" "${P[3]}"
 wait 2>/dev/null || true
