@@ -375,8 +375,7 @@ func (rc *raftNode) readyLoop() {
 				// Raft hands each entry out to apply once; from here on it
 				// wants these only for followers that are behind.
 				rc.raftStorage.evict(rd.CommittedEntries[n-1].GetIndex())
-				_, b := rc.raftStorage.inMemory()
-				metricLogMemoryBytes.Set(float64(b))
+				metricLogMemoryBytes.Set(float64(rc.raftStorage.memoryBytes()))
 			}
 			rc.node.Advance()
 		}

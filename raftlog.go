@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"sync"
@@ -92,15 +93,7 @@ type termRun struct{ index, term uint64 }
 
 // at is the term of index i, which the runs cover.
 func (r termRuns) at(i uint64) uint64 {
-	k, found := slices.BinarySearchFunc(r, i, func(run termRun, i uint64) int {
-		switch {
-		case run.index < i:
-			return -1
-		case run.index > i:
-			return 1
-		}
-		return 0
-	})
+	k, found := slices.BinarySearchFunc(r, i, func(run termRun, i uint64) int { return cmp.Compare(run.index, i) })
 	if !found {
 		k--
 	}
@@ -413,9 +406,9 @@ func (s *logStorage) setDisk(d entryReader) {
 	s.disk = d
 }
 
-// inMemory is the number and data bytes of the entries held in memory.
-func (s *logStorage) inMemory() (int, uint64) {
+// memoryBytes is the data bytes of the entries held in memory.
+func (s *logStorage) memoryBytes() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.mem), s.memBytes
+	return s.memBytes
 }

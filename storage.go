@@ -173,14 +173,14 @@ func (rc *raftNode) openWAL() (err error) {
 		return fmt.Errorf("load wal entries: %w", err)
 	}
 	rc.startCommit = st.GetCommit()
-	logBytes := 0
+	var replay uint64 // bytes of snapshot and log this start replays
 	for _, e := range ents {
-		logBytes += len(e.GetData())
+		replay += uint64(len(e.GetData()))
 	}
 	if snapFile != nil {
-		logBytes += int(snapFile.dataLen)
+		replay += uint64(snapFile.dataLen)
 	}
-	rc.expectReplay(uint64(logBytes))
+	rc.expectReplay(replay)
 	rc.lg.Info("replayed wal", zap.String("dir", rc.cfg.waldir), zap.Uint64("snapshot-index", start.GetIndex()),
 		zap.Int("entries", len(ents)), zap.Uint64("term", st.GetTerm()), zap.Uint64("commit", st.GetCommit()))
 	return nil
