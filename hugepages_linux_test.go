@@ -66,7 +66,7 @@ func TestHeapPrepPlacesTheHeapInHugePages(t *testing.T) {
 }
 
 func heapPrepChild() {
-	h := &heapPrep{advise: adviseHugePages}
+	h := newHeapPrep()
 	h.grow(64 << 20)
 	values := make([][]byte, 0, 32<<20/256)
 	for range cap(values) {
