@@ -51,6 +51,11 @@ type logStorage struct {
 	// handed out: appends and trims make new arrays where they would.
 	mem      []*raftpb.Entry
 	memBytes uint64 // data bytes in mem
+	// memDropped counts the entries evict has sliced off the front of
+	// mem's array. The collector keeps a whole array, every pointer in it
+	// included, alive while any part of it is reachable, so those entries
+	// stay in memory until mem moves to a new array.
+	memDropped int
 	// window is how many bytes of applied entries evict keeps in memory.
 	window uint64
 	// disk reads entries older than mem back from the WAL; nil until the
@@ -248,7 +253,11 @@ func (s *logStorage) Append(ents []*raftpb.Entry) error {
 	// In place: slices Entries handed out end at their length, so they
 	// never see what is appended beyond it (truncate caps mem, so an append
 	// after it copies instead of overwriting what they hold).
+	before := cap(s.mem)
 	s.mem = append(s.mem, ents...)
+	if cap(s.mem) != before { // a new array: the dropped entries went with the old one
+		s.memDropped = 0
+	}
 	s.last = ents[len(ents)-1].GetIndex()
 	return nil
 }
@@ -259,7 +268,7 @@ func (s *logStorage) Append(ents []*raftpb.Entry) error {
 func (s *logStorage) truncate(last uint64) {
 	if first := s.memFirst(); last+1 < first {
 		// Not reachable (see above); keep the log coherent regardless.
-		s.mem, s.memBytes = nil, 0
+		s.mem, s.memBytes, s.memDropped = nil, 0, 0
 	} else {
 		keep := s.mem[:last+1-first]
 		for _, e := range s.mem[len(keep):] {
@@ -290,10 +299,13 @@ func (s *logStorage) evict(applied uint64) {
 		return
 	}
 	s.mem = s.mem[n:]
-	// The array keeps the dropped entries alive until it is copied: copy
-	// once they outnumber the rest.
-	if cap(s.mem) > 2*len(s.mem)+64 {
+	// Copy once the dropped entries outnumber the rest. Not cap(s.mem):
+	// it counts only the array after the slice's start. A restart appends
+	// its whole replayed log at once, and that test left every replayed
+	// entry in memory for as long as no new entry came.
+	if s.memDropped += n; s.memDropped > len(s.mem)+64 {
 		s.mem = slices.Clone(s.mem)
+		s.memDropped = 0
 	}
 	s.compactEvicted()
 }
@@ -330,7 +342,7 @@ func (s *logStorage) Compact(index uint64) error {
 		for _, e := range drop {
 			s.memBytes -= uint64(len(e.GetData()))
 		}
-		s.mem = slices.Clone(s.mem[len(drop):])
+		s.mem, s.memDropped = slices.Clone(s.mem[len(drop):]), 0
 	}
 	s.terms = s.terms.trimFront(index)
 	s.compactEvicted()
@@ -353,7 +365,7 @@ func (s *logStorage) applySnapshot(snap *raftpb.Snapshot) error {
 	s.snap = raftpb.EnsureSnapshotMetadata(proto.Clone(md).(*raftpb.SnapshotMetadata))
 	s.compacted, s.last = md.GetIndex(), md.GetIndex()
 	s.terms = termRuns{{index: md.GetIndex(), term: md.GetTerm()}}
-	s.mem, s.memBytes = nil, 0
+	s.mem, s.memBytes, s.memDropped = nil, 0, 0
 	if s.disk != nil {
 		s.disk.forget()
 	}
