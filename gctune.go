@@ -16,7 +16,10 @@ import (
 // live×(1+gcHeadroomShare)+gcHeadroomFloor: a small store still collects as
 // GOGC=100 says (that goal is below the limit), a large one collects
 // sooner and returns pages. At a quarter of the live heap the 1M-key
-// load's throughput and tail did not move (README, Performance).
+// load's throughput and tail did not move (README, Performance). Where
+// the heap holds much room that no collection frees (readHeap), the limit
+// leaves the collector a smaller headroom above that room instead
+// (gcLimitWith).
 //
 // While a member restores its own disk at start, the heap is nearly all
 // live as it grows, and a limit that trails it made the collector run over
@@ -28,6 +31,7 @@ import (
 const (
 	gcHeadroomShare = 0.25
 	gcHeadroomFloor = 64 << 20
+	gcMinHeadroom   = 32 << 20
 	gcTuneEvery     = 250 * time.Millisecond
 	// gcBytesInMemory is the heap that a byte of snapshot or log encoding
 	// becomes once applied (an item, a key and a value per key, the tree).
@@ -37,6 +41,14 @@ const (
 // gcLimitFor is the memory limit for a live heap of live bytes.
 func gcLimitFor(live uint64) int64 {
 	return int64(float64(live)*(1+gcHeadroomShare)) + gcHeadroomFloor
+}
+
+// gcLimitWith is the memory limit for a live heap of live bytes when the
+// runtime also holds overhead bytes that no collection frees (readHeap):
+// gcLimitFor(live), unless that leaves the collector less than a tenth of
+// the live heap plus 32 MiB to allocate into before it must run again.
+func gcLimitWith(live, overhead uint64) int64 {
+	return max(gcLimitFor(live), int64(live+live/10+overhead)+gcMinHeadroom)
 }
 
 // gcTuner keeps the memory limit in step with the live heap. One per
@@ -58,13 +70,11 @@ func startGCTuner() *gcTuner {
 
 func (t *gcTuner) run() {
 	defer close(t.done)
-	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	tick := time.NewTicker(gcTuneEvery)
 	defer tick.Stop()
 	for {
-		metrics.Read(sample)
-		if sample[0].Value.Kind() == metrics.KindUint64 {
-			debug.SetMemoryLimit(gcLimitFor(max(sample[0].Value.Uint64(), t.expected.Load())))
+		if live, overhead, ok := readHeap(); ok {
+			debug.SetMemoryLimit(gcLimitWith(max(live, t.expected.Load()), overhead))
 		}
 		select {
 		case <-tick.C:
@@ -72,6 +82,37 @@ func (t *gcTuner) run() {
 			return
 		}
 	}
+}
+
+// readHeap reads the live heap and the overhead: the memory the runtime
+// holds that no collection can give back. That is the unused room in spans
+// that still hold a live object (a heap whose keys were overwritten here
+// and there keeps most of its spans, partly empty), the runtime's metadata
+// and the stacks: all it holds but the released and free pages and the
+// objects. The runtime takes this overhead off the limit before it sets
+// its heap goal, so gcLimitFor(live) alone fell below the live heap once
+// the overhead outgrew the headroom: a member restarted on a long log of
+// overwrites (1M keys, 165 MB of such room) then collected without pause,
+// a core's worth, while idle (gcLimitWith).
+func readHeap() (live, overhead uint64, ok bool) {
+	s := []metrics.Sample{
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+	}
+	metrics.Read(s)
+	for _, x := range s {
+		if x.Value.Kind() != metrics.KindUint64 {
+			return 0, 0, false
+		}
+	}
+	total, released, free, objects := s[1].Value.Uint64(), s[2].Value.Uint64(), s[3].Value.Uint64(), s[4].Value.Uint64()
+	if held := released + free + objects; total > held {
+		overhead = total - held
+	}
+	return s[0].Value.Uint64(), overhead, true
 }
 
 // expect says the heap is about to hold what encodes in n bytes (the
@@ -84,7 +125,8 @@ func (t *gcTuner) expect(n uint64) {
 	heap := uint64(float64(n) * gcBytesInMemory)
 	t.expected.Store(heap)
 	if heap > 0 {
-		debug.SetMemoryLimit(max(gcLimitFor(heap), debug.SetMemoryLimit(-1)))
+		_, overhead, _ := readHeap()
+		debug.SetMemoryLimit(max(gcLimitWith(heap, overhead), debug.SetMemoryLimit(-1)))
 	}
 }
 

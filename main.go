@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -221,6 +222,11 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 			defer close(replayed)
 			if s.kv.waitApplied(ctx, s.rn.startCommit) == nil {
 				tuner.expect(0) // from here on the live heap says it
+				// The replay's garbage and the pages it took stay with the
+				// process unless given back now: the limit that let the
+				// replay run held them (1M keys: 735 MiB idle after a long
+				// replay, 560 MiB with this).
+				debug.FreeOSMemory()
 			}
 		}()
 		defer func() { cancel(); <-replayed }()
