@@ -223,3 +223,38 @@ func TestStatusSizesVersionUptime(t *testing.T) {
 		return nil
 	})
 }
+
+// raftexample_log_bytes_since_snapshot counts the entry data applied since
+// the newest snapshot, and starts again from zero when one is taken.
+func TestLogBytesSinceSnapshotMetric(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *config) { cfg.snapshotCount = 8 })
+	c.leader()
+	big := strings.Repeat("v", 1000)
+	gauge := func() int {
+		return seriesValue(do(t, "GET", c.url(0, "/metrics"), "").body, "raftexample_log_bytes_since_snapshot")
+	}
+	for i := range 5 { // a new member's first entries: no snapshot before 8
+		if r := do(t, "PUT", c.url(0, fmt.Sprintf("/g%d", i)), big); r.code != 204 {
+			t.Fatalf("PUT: %d %q", r.code, r.body)
+		}
+	}
+	eventually(t, 5*time.Second, func() error {
+		if got := gauge(); got < 5*len(big) {
+			return fmt.Errorf("log_bytes_since_snapshot %d after five writes of %d bytes", got, len(big))
+		}
+		return nil
+	})
+	// Small writes from here: once a snapshot has been taken after the big
+	// ones, the gauge no longer counts them.
+	i := 0
+	eventually(t, 10*time.Second, func() error {
+		i++
+		if r := do(t, "PUT", c.url(0, fmt.Sprintf("/s%d", i)), "x"); r.code != 204 {
+			t.Fatalf("PUT: %d %q", r.code, r.body)
+		}
+		if got := gauge(); got >= len(big) {
+			return fmt.Errorf("log_bytes_since_snapshot %d after %d small writes", got, i)
+		}
+		return nil
+	})
+}

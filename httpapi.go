@@ -300,8 +300,12 @@ func (h *httpAPI) readKey(w http.ResponseWriter, r *http.Request, q url.Values, 
 	if !ok {
 		return nil, 0, false
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
-	defer cancel()
+	ctx := r.Context()
+	if linearizable { // a serializable read never waits
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.requestTimeout)
+		defer cancel()
+	}
 	it, index, err := h.store.Get(ctx, key, linearizable)
 	if err != nil {
 		h.fail(w, r, err)

@@ -93,9 +93,18 @@ func (h *httpAPI) serveKV(w http.ResponseWriter, r *http.Request, key string) {
 	}
 }
 
-func wantsJSON(r *http.Request) bool {
-	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
-		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "application/json" {
+func wantsJSON(r *http.Request) bool { return accepts(r, "application/json") }
+
+// accepts says whether the Accept header lists the media type mt (lower
+// case). Every request asks, so a header of one bare type (what clients
+// send) is compared without parsing.
+func accepts(r *http.Request, mt string) bool {
+	a := r.Header.Get("Accept")
+	if !strings.ContainsAny(a, ",;") {
+		return strings.EqualFold(strings.TrimSpace(a), mt)
+	}
+	for _, part := range strings.Split(a, ",") {
+		if t, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && t == mt {
 			return true
 		}
 	}
@@ -668,14 +677,7 @@ func (h *httpAPI) watchParams(w http.ResponseWriter, r *http.Request, q url.Valu
 	return index, timeout, true
 }
 
-func wantsStream(r *http.Request) bool {
-	for _, part := range strings.Split(r.Header.Get("Accept"), ",") {
-		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(part)); err == nil && mt == "text/event-stream" {
-			return true
-		}
-	}
-	return false
-}
+func wantsStream(r *http.Request) bool { return accepts(r, "text/event-stream") }
 
 // watch answers a watch on key (or the keys under it, if prefix): a long
 // poll that returns once there are events after the index, or a

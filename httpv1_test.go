@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"strconv"
 	"strings"
@@ -348,5 +349,28 @@ func TestV1MetadataSurvivesSnapshotRestart(t *testing.T) {
 	}
 	if !reflect.DeepEqual(before.KVs, after.KVs) || len(after.KVs) != 6 {
 		t.Fatalf("after restart:\n%+v\nbefore:\n%+v", after.KVs, before.KVs)
+	}
+}
+
+func TestAccepts(t *testing.T) {
+	for _, c := range []struct {
+		accept string
+		want   bool
+	}{
+		{"", false},
+		{"*/*", false},
+		{"application/json", true},
+		{" Application/JSON ", true},
+		{"application/jsonx", false},
+		{"text/html, application/json;q=0.9", true},
+		{"application/json; charset=utf-8", true},
+		{"text/html;q=0.9, text/plain", false},
+		{"application/json;bad param", false},
+	} {
+		r := httptest.NewRequest("GET", "/v1/kv/k", nil)
+		r.Header.Set("Accept", c.accept)
+		if got := accepts(r, "application/json"); got != c.want {
+			t.Errorf("Accept %q: accepts application/json = %v, want %v", c.accept, got, c.want)
+		}
 	}
 }

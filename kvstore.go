@@ -223,6 +223,7 @@ func (s *kvstore) applyCommit(c *commit) {
 		close(c.applied)
 	}
 	s.maybeSnapshot()
+	metricLogSinceSnapshot.Set(float64(s.logBytes))
 }
 
 // apply applies one committed entry. Apart from restore, which replaces the

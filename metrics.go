@@ -56,7 +56,11 @@ var (
 	})
 	metricSnapshotBytes = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "raftexample", Name: "snapshot_size_bytes",
-		Help: "Size of the newest snapshot this member took.",
+		Help: "Size of this member's newest snapshot: the last it took, or the one it restored (at start, or sent by the leader).",
+	})
+	metricLogSinceSnapshot = prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "raftexample", Name: "log_bytes_since_snapshot",
+		Help: "Entry data applied since this member's newest snapshot. The next one is due when it reaches half that snapshot's size (and --snapshot-count entries have been applied); a restart replays this much log.",
 	})
 	metricLogReadBack = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "raftexample", Name: "raft_log_read_back_entries_total",
@@ -79,7 +83,7 @@ var (
 func init() {
 	prometheus.MustRegister(metricRequests, metricProposals, metricProposalsPending, metricLeaderChanges,
 		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
-		metricSnapshotBytes, metricLogReadBack, metricLogMemoryBytes, metricWatchers, metricWatchEvents)
+		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricWatchers, metricWatchEvents)
 }
 
 // proposalResult labels how a proposal ended.
@@ -112,7 +116,9 @@ func routeLabel(r *http.Request) string {
 		first, _, _ := strings.Cut(rest, "/")
 		switch first {
 		case "kv":
-			if wantsStream(r) || r.URL.Query().Get("wait") == "true" {
+			// The handler parsed the query already; parse it again only
+			// if it may hold wait (its name possibly percent-encoded).
+			if wantsStream(r) || strings.ContainsAny(r.URL.RawQuery, "w%") && r.URL.Query().Get("wait") == "true" {
 				return "v1_watch"
 			}
 			return "v1_kv_" + strings.ToLower(r.Method)

@@ -353,6 +353,7 @@ func (s *kvstore) restore(snap *raftpb.Snapshot, file *snapFileLayout) error {
 	s.confState = proto.Clone(snap.GetMetadata().GetConfState()).(*raftpb.ConfState)
 	s.lastSnap, s.logBytes = st.index, 0
 	s.lastSnapBytes.Store(uint64(size))
+	metricSnapshotBytes.Set(float64(size))
 
 	for id := range oldMembers {
 		if _, ok := st.members[id]; !ok && id != s.selfID {
