@@ -54,15 +54,20 @@ type options struct {
 
 // measurement is one load run against one store.
 type measurement struct {
-	System     string  `json:"system"`
-	Pass       int     `json:"pass"`
-	Op         string  `json:"op"`
-	Clients    int     `json:"clients"`
-	OpsPerSec  float64 `json:"ops_per_sec"`
-	P50        float64 `json:"p50_ms"`
-	P99        float64 `json:"p99_ms"`
-	P999       float64 `json:"p99.9_ms"`
-	Errors     int64   `json:"errors"`
+	System    string  `json:"system"`
+	Pass      int     `json:"pass"`
+	Op        string  `json:"op"`
+	Clients   int     `json:"clients"`
+	OpsPerSec float64 `json:"ops_per_sec"`
+	P50       float64 `json:"p50_ms"`
+	P99       float64 `json:"p99_ms"`
+	P999      float64 `json:"p99.9_ms"`
+	Errors    int64   `json:"errors"`
+	// Lost counts acknowledged PUTs that a read from some member did not
+	// find (each measured PUT run is read back from every member after
+	// its CPU is counted); Unread, those it could not read.
+	Lost       int     `json:"lost"`
+	Unread     int     `json:"unread"`
 	CPUPerOpUs float64 `json:"cpu_us_per_op"` // all members' user+system CPU / ops
 	RSSMB      float64 `json:"rss_mb"`        // largest member's RSS after the run
 	PeakRSSMB  float64 `json:"peak_rss_mb"`   // largest member's peak RSS so far
@@ -185,6 +190,15 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 		}
 	}
 	printTable(stdout, o, all, fsyncs)
+	var lost []string
+	for _, m := range all {
+		if m.Lost+m.Unread > 0 {
+			lost = append(lost, fmt.Sprintf("%s pass %d, %d clients: %d lost, %d unreadable", m.System, m.Pass, m.Clients, m.Lost, m.Unread))
+		}
+	}
+	if len(lost) > 0 {
+		return fmt.Errorf("acknowledged writes not read back (data kept in %s): %s", work, strings.Join(lost, "; "))
+	}
 	if !keep {
 		os.RemoveAll(work)
 	}
@@ -237,13 +251,18 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 			if err != nil {
 				return nil, err
 			}
-			r, err := load(ctx, dial, append(args, "--warmup", "0s", "--duration", o.duration.String()))
+			var cpu1 float64
+			var cpuErr error
+			measured := append(args, "--warmup", "0s", "--duration", o.duration.String())
+			if op == "put" {
+				measured = append(measured, "--verify")
+			}
+			r, err := load(ctx, dial, measured, func() { cpu1, cpuErr = c.cpuSeconds() })
 			if err != nil {
 				return nil, fmt.Errorf("%s %s at %d clients: %w", sys, op, n, err)
 			}
-			cpu1, err := c.cpuSeconds()
-			if err != nil {
-				return nil, err
+			if cpuErr != nil {
+				return nil, cpuErr
 			}
 			rss, peak := c.rssMB()
 			m := measurement{System: sys, Pass: pass, Op: op, Clients: n, OpsPerSec: r.OpsPerSec,
@@ -251,11 +270,16 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 			for _, e := range r.Errors {
 				m.Errors += e
 			}
+			verified := ""
+			if v := r.Verify; v != nil {
+				m.Lost, m.Unread = v.Lost, v.Unreadable
+				verified = fmt.Sprintf("; %d acknowledged writes read back from %d members: %d lost, %d unreadable", v.Acked, v.Members, v.Lost, v.Unreadable)
+			}
 			if r.Ops > 0 {
 				m.CPUPerOpUs = (cpu1 - cpu0) / float64(r.Ops) * 1e6
 			}
-			logf("pass %d, %s %s at %d clients: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op, %d errors",
-				pass, sys, op, n, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.Errors)
+			logf("pass %d, %s %s at %d clients: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op, %d errors%s",
+				pass, sys, op, n, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.Errors, verified)
 			out = append(out, m)
 		}
 	}
@@ -272,17 +296,32 @@ type loadResult struct {
 		P999 float64 `json:"p99.9"`
 	} `json:"latency_ms"`
 	Errors map[string]int64 `json:"errors"`
+	Verify *struct {
+		Acked      int `json:"acked"`
+		Members    int `json:"members"`
+		Lost       int `json:"lost"`
+		Unreadable int `json:"unreadable"`
+	} `json:"verify"`
 }
 
-func load(ctx context.Context, dial func(string) loadgen.Target, args []string) (*loadResult, error) {
+// load runs the load tool with args; loaded, if set, runs when the load is
+// over, before a --verify read-back.
+func load(ctx context.Context, dial func(string) loadgen.Target, args []string, loaded ...func()) (*loadResult, error) {
 	var out, errOut bytes.Buffer
-	if code := loadgen.Run(ctx, args, &out, &errOut, false, dial); code != 0 {
-		return nil, fmt.Errorf("load tool exit status %d: %s", code, strings.TrimSpace(errOut.String()))
+	var hooks loadgen.Hooks
+	if len(loaded) > 0 {
+		hooks.BeforeVerify = loaded[0]
 	}
+	code := loadgen.RunWithHooks(ctx, args, &out, &errOut, false, dial, hooks)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	var r loadResult
-	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
-		return nil, fmt.Errorf("load tool output: %w", err)
+	jerr := json.Unmarshal([]byte(lines[len(lines)-1]), &r)
+	// Status 1 is writes lost: reported in the table, and the run fails.
+	if code != 0 && (code != 1 || jerr != nil || r.Verify == nil) {
+		return nil, fmt.Errorf("load tool exit status %d: %s", code, strings.TrimSpace(errOut.String()))
+	}
+	if jerr != nil {
+		return nil, fmt.Errorf("load tool output: %w", jerr)
 	}
 	return &r, nil
 }
@@ -339,7 +378,7 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 	fmt.Fprintf(w, "runs: %d pass(es), %v each after %v warm-up, %d-byte values, reads over %d keys; medians of the passes\n\n",
 		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\terrors (etcd/ours)\t")
+	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\terrors (etcd/ours)\tlost (etcd/ours)\t")
 	pick := func(sys, op string, n int, f func(measurement) float64) float64 {
 		var xs []float64
 		for _, m := range all {
@@ -361,19 +400,26 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 			eOps, oOps := get("etcd", func(m measurement) float64 { return m.OpsPerSec }), get("raftexample", func(m measurement) float64 { return m.OpsPerSec })
 			eCPU, oCPU := get("etcd", func(m measurement) float64 { return m.CPUPerOpUs }), get("raftexample", func(m measurement) float64 { return m.CPUPerOpUs })
 			var eErr, oErr int64
+			var eLost, oLost int
 			for _, m := range all {
 				if m.Op == op && m.Clients == n {
 					if m.System == "etcd" {
 						eErr += m.Errors
+						eLost += m.Lost + m.Unread
 					} else {
 						oErr += m.Errors
+						oLost += m.Lost + m.Unread
 					}
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%d/%d\t\n", op, n, eOps, oOps, ratio(eOps, oOps),
+			lost := "–" // reads are not verified
+			if op == "put" {
+				lost = fmt.Sprintf("%d/%d", eLost, oLost)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%d/%d\t%s\t\n", op, n, eOps, oOps, ratio(eOps, oOps),
 				get("etcd", func(m measurement) float64 { return m.P50 }), get("raftexample", func(m measurement) float64 { return m.P50 }),
 				get("etcd", func(m measurement) float64 { return m.P999 }), get("raftexample", func(m measurement) float64 { return m.P999 }),
-				eCPU, oCPU, ratio(eCPU, oCPU), eErr, oErr)
+				eCPU, oCPU, ratio(eCPU, oCPU), eErr, oErr, lost)
 		}
 	}
 	tw.Flush()

@@ -170,6 +170,19 @@ func sumWeights(m map[string]int) int {
 // returns the exit status. dial makes one worker's connection to an
 // endpoint.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, dial func(endpoint string) Target) int {
+	return RunWithHooks(ctx, args, stdout, stderr, tty, dial, Hooks{})
+}
+
+// Hooks lets a program that embeds the load tool act between its phases.
+type Hooks struct {
+	// BeforeVerify, if set, runs once the load is over and before
+	// --verify reads the writes back: a caller that measures what the
+	// load cost the servers stops measuring there.
+	BeforeVerify func()
+}
+
+// RunWithHooks is Run, calling hooks on the way.
+func RunWithHooks(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, dial func(endpoint string) Target, hooks Hooks) int {
 	cfg, err := parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -181,6 +194,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool,
 	b := newBench(cfg, dial)
 	defer b.close()
 	res := b.run(ctx, stderr, tty)
+	if hooks.BeforeVerify != nil {
+		hooks.BeforeVerify()
+	}
 	if cfg.verify {
 		res.Verify = b.verifyAll(ctx)
 	}

@@ -148,6 +148,22 @@ func TestVerifyCatchesLostWrites(t *testing.T) {
 	}
 }
 
+// BeforeVerify runs once, after every PUT of the load and before the
+// first read of --verify: the comparison counts the servers' CPU up to it.
+func TestBeforeVerifyRunsBetweenLoadAndVerify(t *testing.T) {
+	s := &memStore{kv: map[string]string{}}
+	var calls, putsThen, getsThen int64
+	hooks := Hooks{BeforeVerify: func() { calls++; putsThen, getsThen = s.puts.Load(), s.gets.Load() }}
+	var out, errOut bytes.Buffer
+	code := RunWithHooks(context.Background(), []string{"--clients", "4", "--warmup", "0s", "--count", "300", "--verify"}, &out, &errOut, false, fake(s), hooks)
+	if code != exitOK || calls != 1 {
+		t.Fatalf("exit %d, BeforeVerify called %d times\n%s%s", code, calls, &out, &errOut)
+	}
+	if putsThen != s.puts.Load() || putsThen < 300 || getsThen != 0 || s.gets.Load() == 0 {
+		t.Fatalf("BeforeVerify saw %d puts and %d gets; in the end %d puts, %d gets", putsThen, getsThen, s.puts.Load(), s.gets.Load())
+	}
+}
+
 func TestNothingSucceeds(t *testing.T) {
 	code, out, r := runBench(t, NewRaftexampleTarget, "--endpoints", "http://127.0.0.1:1", "--clients", "2", "--warmup", "0s",
 		"--duration", "300ms", "--timeout", "100ms")
