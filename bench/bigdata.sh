@@ -9,7 +9,7 @@
 # of the size that makes the next one due (45 % of that snapshot, of the
 # 50 % that triggers it), so the restart replays the longest log it can.
 #
-#	bash bench/bigdata.sh            # 1,000,000 keys; about 6 minutes here
+#	bash bench/bigdata.sh            # 1,000,000 keys; about 9 minutes here
 #	KEYS=200000 bash bench/bigdata.sh
 #	RESTARTS=4 bash bench/bigdata.sh # restart member 1 four times over
 #
@@ -62,7 +62,7 @@ for i in 1 2 3; do
 		awk -F': ' -v m=$i -v raw=$raw '{s+=$2; n++} END {printf "member %d wrote %d snapshots, %.0f MB (%.1f× raw)\n", m, n, s/1e6, s/raw}'
 done
 restart1() { # kill member 1, restart it, time it, and sample its RSS meanwhile
-	local peak=0 v t
+	local t
 	kill "${P[1]}"
 	wait "${P[1]}" 2>/dev/null || true
 	P[1]=$(start 1)
