@@ -224,7 +224,7 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 	common := []string{"--endpoints", endpoints, "--value-size", strconv.Itoa(o.valueSize)}
 	logf("pass %d, %s: loading %d keys", pass, sys, o.keyspace)
 	if _, err := load(ctx, dial, append(common, "--op", "put", "--keys", "fresh", "--prefix", "pre/", "--clients", "64",
-		"--warmup", "0s", "--count", strconv.Itoa(o.keyspace))); err != nil {
+		"--warmup", "0s", "--count", strconv.Itoa(o.keyspace)), loadgen.Hooks{}); err != nil {
 		return nil, fmt.Errorf("%s: load keys: %w", sys, err)
 	}
 	var out []measurement
@@ -243,7 +243,7 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 					"--keyspace", strconv.Itoa(o.keyspace))
 			}
 			if o.warmup > 0 {
-				if _, err := load(ctx, dial, append(slices.Clone(args), "--warmup", "0s", "--duration", o.warmup.String())); err != nil {
+				if _, err := load(ctx, dial, append(slices.Clone(args), "--warmup", "0s", "--duration", o.warmup.String()), loadgen.Hooks{}); err != nil {
 					return nil, fmt.Errorf("%s %s at %d clients (warm-up): %w", sys, op, n, err)
 				}
 			}
@@ -257,7 +257,7 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 			if op == "put" {
 				measured = append(measured, "--verify")
 			}
-			r, err := load(ctx, dial, measured, func() { cpu1, cpuErr = c.cpuSeconds() })
+			r, err := load(ctx, dial, measured, loadgen.Hooks{BeforeVerify: func() { cpu1, cpuErr = c.cpuSeconds() }})
 			if err != nil {
 				return nil, fmt.Errorf("%s %s at %d clients: %w", sys, op, n, err)
 			}
@@ -304,14 +304,9 @@ type loadResult struct {
 	} `json:"verify"`
 }
 
-// load runs the load tool with args; loaded, if set, runs when the load is
-// over, before a --verify read-back.
-func load(ctx context.Context, dial func(string) loadgen.Target, args []string, loaded ...func()) (*loadResult, error) {
+// load runs the load tool with args, calling hooks on the way.
+func load(ctx context.Context, dial func(string) loadgen.Target, args []string, hooks loadgen.Hooks) (*loadResult, error) {
 	var out, errOut bytes.Buffer
-	var hooks loadgen.Hooks
-	if len(loaded) > 0 {
-		hooks.BeforeVerify = loaded[0]
-	}
 	code := loadgen.RunWithHooks(ctx, args, &out, &errOut, false, dial, hooks)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	var r loadResult
