@@ -119,6 +119,7 @@ type kvstore struct {
 	selfID        uint64
 	snapshotCount uint64
 	snapshotFloor uint64 // snapshotSizeFloor; tests lower it
+	stopSnapMin   uint64 // stopSnapshotMin; tests lower it
 	raft          raftCalls
 	peers         peerSet
 	members       *membership
@@ -149,6 +150,13 @@ type kvstore struct {
 	forceSnap   bool
 	snapRunning atomic.Bool    // a background snapshot is being written
 	snapWG      sync.WaitGroup // the background snapshot goroutine
+	snapDone    chan struct{}  // closed when the newest snapshot goroutine ends
+
+	// snapNow carries snapshotBeforeStop's request to the apply goroutine,
+	// which answers with the running snapshot's done channel (nil: none).
+	snapNow chan chan (<-chan struct{})
+	// applyDone is closed when the apply goroutine ends.
+	applyDone chan struct{}
 
 	removedSelf chan struct{} // closed once this node applied its own removal
 	removedOnce sync.Once
@@ -162,6 +170,9 @@ func newKVStore(lg *zap.Logger, selfID, snapshotCount uint64, proposeC chan<- pr
 		selfID:        selfID,
 		snapshotCount: snapshotCount,
 		snapshotFloor: snapshotSizeFloor,
+		stopSnapMin:   stopSnapshotMin,
+		snapNow:       make(chan chan (<-chan struct{})),
+		applyDone:     make(chan struct{}),
 		proposeC:      proposeC,
 		keys:          newKeyTree(),
 		raft:          raft,
@@ -184,8 +195,17 @@ func (s *kvstore) start(commitC <-chan *commit) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		for c := range commitC {
-			s.applyCommit(c)
+		defer close(s.applyDone)
+		for {
+			select {
+			case c, ok := <-commitC:
+				if !ok {
+					return
+				}
+				s.applyCommit(c)
+			case reply := <-s.snapNow:
+				reply <- s.snapshotForStop()
+			}
 		}
 	}()
 }

@@ -423,10 +423,17 @@ func stopParts(rn *raftNode, kv *kvstore) {
 // addr is the client API's address (useful with --port 0).
 func (s *server) addr() string { return s.apiLn.Addr().String() }
 
-// stop shuts down gracefully: no new requests, in-flight ones finish (or
-// fail by their timeout), then raft, the state machine and the WAL stop.
+// stop shuts down gracefully: a snapshot first if the log since the newest
+// one is long (the member serves meanwhile), then no new requests,
+// in-flight ones finish (or fail by their timeout), then raft, the state
+// machine and the WAL stop.
 func (s *server) stop() {
 	s.stopOnce.Do(func() {
+		select {
+		case <-s.removed: // nothing to restart
+		default:
+			s.kv.snapshotBeforeStop(5 * time.Second)
+		}
 		close(s.stopc)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.requestTimeout+2*time.Second)
 		if err := s.api.Shutdown(ctx); err != nil {

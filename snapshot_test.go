@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
@@ -189,4 +190,80 @@ func TestSnapshotDue(t *testing.T) {
 			t.Errorf("snapshotDue(%d entries, %d log bytes, last %d bytes) = %v", tc.entries, tc.logBytes, tc.lastBytes, got)
 		}
 	}
+}
+
+func TestStopSnapshotDue(t *testing.T) {
+	for _, tc := range []struct {
+		logBytes, lastBytes uint64
+		due                 bool
+	}{
+		{logBytes: 1<<20 - 1, lastBytes: 0, due: false},       // too little log to be worth it
+		{logBytes: 1 << 20, lastBytes: 0, due: true},          // no snapshot yet
+		{logBytes: 1 << 20, lastBytes: 8<<20 + 8, due: false}, // under an eighth of the snapshot
+		{logBytes: 1 << 20, lastBytes: 8 << 20, due: true},
+	} {
+		if got := stopSnapshotDue(tc.logBytes, tc.lastBytes, 1<<20); got != tc.due {
+			t.Errorf("stopSnapshotDue(%d log bytes, last %d bytes) = %v", tc.logBytes, tc.lastBytes, got)
+		}
+	}
+}
+
+// A graceful stop with a long log since the newest snapshot writes a
+// snapshot first, so the next start replays no log; a member whose log is
+// short stops without one.
+func TestGracefulStopSnapshotsALongLog(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	victim, other := (lead+1)%3, (lead+2)%3
+	// Set before any stop asks for the snapshot (the request is a channel
+	// send, so the apply goroutine sees it).
+	c.nodes[victim].kv.stopSnapMin = 4 << 10
+	value := strings.Repeat("v", 100)
+	for i := range 100 { // about 12 KB of log, under --snapshot-count entries
+		c.mustPut(i%3, fmt.Sprintf("s%03d", i), value)
+	}
+	want, _ := c.nodes[lead].kv.Applied()
+	eventually(t, 10*time.Second, func() error {
+		if got, _ := c.nodes[victim].kv.Applied(); got < want {
+			return fmt.Errorf("member %d applied %d of %d", victim+1, got, want)
+		}
+		return nil
+	})
+	replayed := func(i int) int { // entries the last start of member i read from its WAL
+		logFrom := len(c.log.String())
+		c.start(i)
+		for _, line := range strings.Split(c.log.String()[logFrom:], "\n") {
+			if !strings.Contains(line, "replayed wal") || !strings.Contains(line, fmt.Sprintf(`"member": %d,`, i+1)) {
+				continue
+			}
+			var n int
+			if _, err := fmt.Sscanf(line[strings.Index(line, `"entries": `):], `"entries": %d`, &n); err != nil {
+				t.Fatalf("parse %q: %v", line, err)
+			}
+			return n
+		}
+		t.Fatalf("member %d logged no replayed wal line", i+1)
+		return 0
+	}
+
+	logFrom := len(c.log.String())
+	c.stop(victim)
+	if !strings.Contains(c.log.String()[logFrom:], "saving a snapshot before stopping") {
+		t.Fatal("no snapshot before the stop")
+	}
+	if n := replayed(victim); n > 2 { // an election meanwhile may add an empty entry
+		t.Fatalf("member %d replayed %d entries after a graceful stop that should have snapshotted them", victim+1, n)
+	}
+	c.mustGet(victim, "s099", value)
+
+	logFrom = len(c.log.String())
+	c.stop(other) // the default threshold (16 MiB) is far above this log
+	if strings.Contains(c.log.String()[logFrom:], "saving a snapshot before stopping") {
+		t.Fatal("a snapshot before the stop of a member with a short log")
+	}
+	if n := replayed(other); n < 100 {
+		t.Fatalf("member %d replayed %d entries, want the whole log (at least 100)", other+1, n)
+	}
+	c.leader()
+	c.mustGet(other, "s099", value)
 }

@@ -3,11 +3,13 @@
 # loopback, loaded with KEYS fresh keys (16 bytes from 100,000 on) of
 # 256-byte values by 64 closed-loop clients; every member's RSS sampled
 # every 0.5 s; the snapshot bytes each member wrote; 10 s more load at that
-# size; then member 1 killed and restarted, timed to its first
+# size; then member 1 stopped (SIGTERM) and restarted, timed to its first
 # linearizable read; then the worst case for a restart: the loaded keys
 # overwritten until member 1's log since its newest snapshot is just short
 # of the size that makes the next one due (45 % of that snapshot, of the
-# 50 % that triggers it), so the restart replays the longest log it can.
+# 50 % that triggers it), and member 1 killed (SIGKILL), so the restart
+# replays the longest log it can; then the same log after a graceful stop
+# (SIGTERM), which writes a snapshot first.
 #
 #	bash bench/bigdata.sh            # 1,000,000 keys; about 9 minutes here
 #	KEYS=200000 bash bench/bigdata.sh
@@ -61,23 +63,25 @@ for i in 1 2 3; do
 	grep -h 'saved snapshot' "$D/log$i" | grep -o '"bytes": [0-9]*' |
 		awk -F': ' -v m=$i -v raw=$raw '{s+=$2; n++} END {printf "member %d wrote %d snapshots, %.0f MB (%.1f× raw)\n", m, n, s/1e6, s/raw}'
 done
-restart1() { # kill member 1, restart it, time it, and sample its RSS meanwhile
-	local t
-	kill "${P[1]}"
+restart1() { # signal $2 to member 1, restart it, time both, and sample its RSS meanwhile
+	local t t0 stopped
+	t0=$(date +%s.%N)
+	kill -s "$2" "${P[1]}"
 	wait "${P[1]}" 2>/dev/null || true
+	stopped=$(echo "$(date +%s.%N) - $t0" | bc)
 	P[1]=$(start 1)
 	(while kill -0 "${P[1]}" 2>/dev/null; do awk '/VmRSS/{print $2}' /proc/${P[1]}/status 2>/dev/null; sleep 0.05; done) >"$D/rss1.txt" &
 	local sampler=$!
 	t=$(firstRead 1)
 	sleep 1
 	kill $sampler
-	echo "member 1 restarted$1: first linearizable read after $t s; RSS peak $(sort -n "$D/rss1.txt" | tail -1 | awk '{printf "%.0f", $1/1024}') MiB, 1 s later $(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/${P[1]}/status) MiB"
+	echo "member 1 stopped by SIG$2 in $stopped s, restarted$1: first linearizable read after $t s; RSS peak $(sort -n "$D/rss1.txt" | tail -1 | awk '{printf "%.0f", $1/1024}') MiB, 1 s later $(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/${P[1]}/status) MiB"
 }
 metric() { # value of an unlabelled metric on member $1
 	curl -sf "http://127.0.0.1:3210$1/metrics" | awk -v n="$2" '$1==n {printf "%.0f", $2}'
 }
 for r in $(seq 1 "$RESTARTS"); do
-	restart1 ""
+	restart1 "" TERM
 done
 for _ in $(seq 1 200); do
 	since=$(metric 1 raftexample_log_bytes_since_snapshot)
@@ -86,6 +90,7 @@ for _ in $(seq 1 200); do
 	"$WORK/bench" --endpoints $EP --clients 64 --op put --value-size 256 --prefix bench-key- --keys uniform --keyspace "$KEYS" --count 10000 --warmup 0s >/dev/null
 done
 echo "member 1's log since its newest snapshot: $((since / 1000000)) MB (snapshot $((size / 1000000)) MB)"
-restart1 " on that log"
+restart1 " on that log" KILL
+restart1 " on that log (it writes a snapshot before it stops)" TERM
 kill "${P[1]}" "${P[2]}" "${P[3]}"
 wait 2>/dev/null || true
