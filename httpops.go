@@ -269,7 +269,7 @@ func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uint64, error) {
 	once := func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) }
 	st := h.raftStatus()
-	if id != st.Lead || len(h.store.Members()) <= 1 || !h.moveLeaderOff(r.Context(), st) {
+	if id != st.Lead || len(h.store.Members()) <= 1 || !h.moveLeaderOff(r.Context(), st, "being removed") {
 		return once
 	}
 	retried := func(ctx context.Context) (uint64, error) {
@@ -313,29 +313,30 @@ func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uin
 	}
 }
 
-// moveLeaderOff hands leadership away from the leader before it is
-// removed, so that writes see a transfer instead of an election timeout.
-// A follower takes it over itself (it answers this request, so it is up);
-// the leader gives it to the most caught-up reachable voter. If that does
-// not work out in time, the removal goes ahead and an election follows.
-// It reports whether leadership moved.
-func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status) bool {
+// moveLeaderOff hands leadership away from the leader before it leaves
+// (which says why: "being removed", "stopping"), so that writes see a
+// transfer instead of an election timeout. A follower takes it over itself
+// (it answers this request, so it is up); the leader gives it to the most
+// caught-up reachable voter. If that does not work out in time, the
+// leader leaves anyway and an election follows. It reports whether
+// leadership moved.
+func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status, which string) bool {
 	to := st.ID
 	if st.ID == st.Lead {
 		to = mostCaughtUp(st)
 		if to == 0 {
-			h.lg.Warn("removing the leader with no other reachable voter to take over; an election will follow")
+			h.lg.Warn("no other reachable voter to take over from the leader " + which + "; an election will follow")
 			return false
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, h.requestTimeout/2)
 	defer cancel()
 	if err := h.transfer(ctx, st.Lead, to); err != nil {
-		h.lg.Warn("could not move leadership off the member being removed; an election will follow",
+		h.lg.Warn("could not move leadership off the member "+which+"; an election will follow",
 			zap.Uint64("leader", st.Lead), zap.Uint64("to", to), zap.Error(err))
 		return false
 	}
-	h.lg.Info("moved leadership off the member being removed", zap.Uint64("from", st.Lead), zap.Uint64("to", to))
+	h.lg.Info("moved leadership off the member "+which, zap.Uint64("from", st.Lead), zap.Uint64("to", to))
 	return true
 }
 

@@ -425,8 +425,9 @@ func (s *server) addr() string { return s.apiLn.Addr().String() }
 
 // stop shuts down gracefully: a snapshot first if the log since the newest
 // one is long (the member serves meanwhile), then no new requests,
-// in-flight ones finish (or fail by their timeout), then raft, the state
-// machine and the WAL stop.
+// in-flight ones finish (or fail by their timeout), a leader hands
+// leadership to another voter, then raft, the state machine and the WAL
+// stop.
 func (s *server) stop() {
 	s.stopOnce.Do(func() {
 		select {
@@ -441,6 +442,15 @@ func (s *server) stop() {
 			s.api.Close()
 		}
 		cancel()
+		// A leader that just vanished costs the others an election timeout
+		// without a leader; handed over, the pause is a round trip. Raft
+		// drops a transfer after an election timeout; the target may be
+		// stopping too (a whole cluster stopped at once).
+		if st := s.rn.status(); st.ID != 0 && st.Lead == st.ID && len(st.Progress) > 1 {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Duration(s.cfg.electionTicks)*s.cfg.tick)
+			s.h.moveLeaderOff(ctx, st, "stopping")
+			cancel()
+		}
 		s.h.ops.client.CloseIdleConnections()
 		stopParts(s.rn, s.kv)
 		s.wg.Wait()

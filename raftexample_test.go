@@ -615,6 +615,29 @@ func TestBadInputGetsClearErrors(t *testing.T) {
 
 func firstLine(s string) string { return strings.SplitN(s, "\n", 2)[0] }
 
+// A leader stopped gracefully hands leadership to a follower first, so the
+// others do not wait out an election timeout: the new leader campaigned on
+// raft's MsgTimeoutNow (a transfer), not on its own timer.
+func TestGracefulStopOfTheLeaderHandsOver(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	c.mustPut(lead, "before", "1")
+	logFrom := len(c.log.String())
+	c.stop(lead)
+	logs := c.log.String()[logFrom:]
+	if !strings.Contains(logs, "moved leadership off the member stopping") {
+		t.Fatal("the stopping leader did not hand over")
+	}
+	next := c.leader()
+	if want := fmt.Sprintf("received MsgTimeoutNow from %x", lead+1); !strings.Contains(logs, want) {
+		t.Fatalf("member %d did not take over by a transfer: no %q in the log", next+1, want)
+	}
+	c.mustPut(next, "after", "2")
+	c.start(lead)
+	c.leader()
+	c.mustGet(lead, "after", "2")
+}
+
 // Graceful stop answers requests that are in flight and leaves nothing
 // behind (goleak checks goroutines for the whole package).
 func TestGracefulStopWithRequestsInFlight(t *testing.T) {

@@ -22,7 +22,10 @@ cd "$(dirname "$0")/.."
 KEYS=${KEYS:-1000000}
 RESTARTS=${RESTARTS:-1}
 WORK=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+declare -a P
+# The members are not jobs of this shell (start runs in a command
+# substitution): kill them by pid too, or a failed run leaves them running.
+trap 'kill $(jobs -p) "${P[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 go build -o "$WORK/raftexample" .
 go build -o "$WORK/bench" ./cmd/bench
 D=$WORK/data
@@ -43,7 +46,6 @@ firstRead() { # seconds until member $1 answers a linearizable read (at most 20)
 	t1=$(date +%s.%N)
 	echo "$t1 - $t0" | bc
 }
-declare -a P
 for i in 1 2 3; do P[$i]=$(start $i); done
 sleep 3
 (while true; do
@@ -67,7 +69,9 @@ restart1() { # signal $2 to member 1, restart it, time both, and sample its RSS 
 	local t t0 stopped
 	t0=$(date +%s.%N)
 	kill -s "$2" "${P[1]}"
-	wait "${P[1]}" 2>/dev/null || true
+	# Not this shell's child (start runs in a command substitution), so
+	# no wait: poll until it is gone or a zombie (its exit is done).
+	while [ -e "/proc/${P[1]}" ] && [ "$(awk '{print $3}' "/proc/${P[1]}/stat" 2>/dev/null)" != Z ]; do sleep 0.02; done
 	stopped=$(echo "$(date +%s.%N) - $t0" | bc)
 	P[1]=$(start 1)
 	(while kill -0 "${P[1]}" 2>/dev/null; do awk '/VmRSS/{print $2}' /proc/${P[1]}/status 2>/dev/null; sleep 0.05; done) >"$D/rss1.txt" &
