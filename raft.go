@@ -369,14 +369,18 @@ func (rc *raftNode) readyLoop() {
 				}
 			}
 			// Everything raft asked of this Ready is on disk or sent, so it may
-			// advance before the apply. Doing that first leaves the hand-off
-			// to the apply goroutine as this goroutine's last wake-up before it
-			// blocks, and Go runs the apply next on this thread: about 2 µs
-			// instead of ~45 µs waiting for another thread to wake (1 PUT in
-			// flight, 2-core VM). A membership change keeps the old order:
-			// publish waits for its apply, and raft must not count it applied
-			// (and accept the next change) before it is.
-			advanced := !hasConfChange(rd.CommittedEntries)
+			// advance before the apply. On a Ready that only commits (a member
+			// with nothing else to do) that goes first: the hand-off to the
+			// apply goroutine is then this goroutine's last wake-up before it
+			// blocks, and Go runs the apply next on this thread, 2 µs instead
+			// of ~45 µs waiting for another thread to wake (1 PUT in flight,
+			// 2-core VM). A Ready with new entries (a loaded member) keeps
+			// the old order, so raft's next Ready is not queued behind the
+			// apply: advancing first there cost 2-5 % of PUT/s at 16 clients.
+			// A membership change keeps the old order too: publish waits for
+			// its apply, and raft must not count it applied (and accept the
+			// next change) before it is.
+			advanced := len(rd.Entries) == 0 && !hasConfChange(rd.CommittedEntries)
 			if advanced {
 				rc.node.Advance()
 			}
