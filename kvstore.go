@@ -150,7 +150,7 @@ type kvstore struct {
 	forceSnap   bool
 	snapRunning atomic.Bool    // a background snapshot is being written
 	snapWG      sync.WaitGroup // the background snapshot goroutine
-	snapDone    chan struct{}  // closed when the newest snapshot goroutine ends
+	snapDone    chan struct{}  // closed when the newest snapshot goroutine ends (apply goroutine)
 
 	// snapNow carries snapshotBeforeStop's request to the apply goroutine,
 	// which answers with the running snapshot's done channel (nil: none).

@@ -442,7 +442,9 @@ func (s *kvstore) snapshotBeforeStop(wait time.Duration) {
 
 // snapshotForStop runs on the apply goroutine for snapshotBeforeStop: it
 // starts a snapshot if one is due and returns the channel closed when the
-// snapshot in progress ends (nil if there is none).
+// newest snapshot goroutine ends (already closed if it has; nil if there
+// never was one). A snapshot already running is waited for, not repeated:
+// taking another would hold up the apply until the first one ends.
 func (s *kvstore) snapshotForStop() <-chan struct{} {
 	if !s.snapRunning.Load() && stopSnapshotDue(s.logBytes, s.lastSnapBytes.Load(), s.stopSnapMin) {
 		s.lg.Info("saving a snapshot before stopping, so the next start need not replay the log",
@@ -453,9 +455,6 @@ func (s *kvstore) snapshotForStop() <-chan struct{} {
 		if s.forceSnap { // none started: keep a membership change's request only
 			s.forceSnap = wasForced
 		}
-	}
-	if !s.snapRunning.Load() {
-		return nil
 	}
 	return s.snapDone
 }
