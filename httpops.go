@@ -196,7 +196,11 @@ func (h *httpAPI) transferLeader(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	from := st.Lead
 	if err := h.transfer(ctx, from, to); err != nil {
-		h.reject(w, r, http.StatusServiceUnavailable, "transfer_failed", fmt.Sprintf("leadership did not move from %d to %d within %v (%v): the target may be down or too far behind to catch up in an election timeout; see GET /v1/members on the leader", from, to, h.requestTimeout, err))
+		why := err.Error()
+		if errors.Is(err, context.DeadlineExceeded) {
+			why = fmt.Sprintf("not done within %v", h.requestTimeout)
+		}
+		h.reject(w, r, http.StatusServiceUnavailable, "transfer_failed", fmt.Sprintf("leadership did not move from %d to %d (%s): the target may be down, cut off, or too far behind to catch up in an election timeout; see GET /v1/members on the leader", from, to, why))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"leader": to, "moved": true, "from": from})
@@ -217,7 +221,7 @@ func (h *httpAPI) transferTarget(w http.ResponseWriter, r *http.Request, st raft
 		h.reject(w, r, http.StatusBadRequest, "bad_request", fmt.Sprintf(`name the new leader ({"to": <id>}), or send this to the leader (member %d), which knows who is most caught up`, st.Lead))
 		return 0, false
 	}
-	best := mostCaughtUp(st)
+	best := mostCaughtUp(st, h.ops.peerActive)
 	if best == 0 {
 		h.reject(w, r, http.StatusConflict, "no_candidate", "no other voter is reachable to take over leadership")
 		return 0, false
@@ -227,12 +231,15 @@ func (h *httpAPI) transferTarget(w http.ResponseWriter, r *http.Request, st raft
 
 // mostCaughtUp is the reachable voter other than the leader with the
 // highest match index (the lowest id among equals), or 0. Only the leader's
-// status has the progress it needs.
-func mostCaughtUp(st raft.Status) uint64 {
+// status has the progress it needs. Raft's RecentActive says the voter
+// answered within the last election timeout; reachable (nil: not asked)
+// says its connection is up now, which learns of a member that stopped at
+// once, not an election timeout later.
+func mostCaughtUp(st raft.Status, reachable func(uint64) bool) uint64 {
 	var best uint64
 	var bestPr tracker.Progress
 	for id, pr := range st.Progress {
-		if id == st.ID || pr.IsLearner || !pr.RecentActive {
+		if id == st.ID || pr.IsLearner || !pr.RecentActive || (reachable != nil && !reachable(id)) {
 			continue
 		}
 		if best == 0 || pr.Match > bestPr.Match || (pr.Match == bestPr.Match && id < best) {
@@ -244,18 +251,37 @@ func mostCaughtUp(st raft.Status) uint64 {
 
 // transfer asks raft to hand leadership from lead to to (a follower
 // forwards the request to the leader) and waits until this member sees the
-// new leader.
+// new leader. It gives up when the connection to the target goes down:
+// raft would wait out an election timeout for a target that stopped (a
+// whole cluster stopped at once, each leader handing over to a member
+// that is stopping too).
 func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
+	unreachable := func() bool { return h.ops.peerActive != nil && !h.ops.peerActive(to) }
+	errUnreachable := fmt.Errorf("%w: member %d is not reachable (stopped, or cut off)", errTransfer, to)
+	if unreachable() {
+		return errUnreachable
+	}
 	h.ops.transferLeadership(ctx, lead, to)
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if h.raftStatus().Lead == to {
+		st := h.raftStatus()
+		if st.Lead == to {
 			return nil
+		}
+		if unreachable() {
+			if st.ID == lead && st.Lead == lead {
+				// A leader refuses proposals while a transfer is pending;
+				// asked to transfer to itself, raft drops the pending one
+				// (stepLeader, MsgTransferLeader), and writes resume now
+				// rather than an election timeout later.
+				h.ops.transferLeadership(ctx, lead, lead)
+			}
+			return errUnreachable
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%w: %v", errTransfer, ctx.Err())
+			return fmt.Errorf("%w: %w", errTransfer, ctx.Err())
 		case <-tick.C:
 		}
 	}
@@ -323,7 +349,7 @@ func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uin
 func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status, which string) bool {
 	to := st.ID
 	if st.ID == st.Lead {
-		to = mostCaughtUp(st)
+		to = mostCaughtUp(st, h.ops.peerActive)
 		if to == 0 {
 			h.lg.Warn("no other reachable voter to take over from the leader " + which + "; an election will follow")
 			return false

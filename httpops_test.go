@@ -1,12 +1,17 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"go.etcd.io/raft/v3"
 )
 
 func TestMembersView(t *testing.T) {
@@ -112,6 +117,64 @@ func TestLeaderTransfer(t *testing.T) {
 
 // Removing the leader hands leadership over first, whether the request
 // reaches a follower (which takes over) or the leader itself.
+// A transfer whose target goes down gives up at once (transfer), and asks
+// raft to drop the pending transfer by naming the leader itself: raft's
+// leader refuses proposals while a transfer is pending, and drops one
+// when asked to transfer to itself. Both halves are checked: the stubbed
+// wait, and raft's behaviour on a real member.
+func TestTransferToAMemberThatGoesDown(t *testing.T) {
+	var calls [][2]uint64
+	up := true
+	h := &httpAPI{
+		raftStatus: func() raft.Status {
+			var st raft.Status
+			st.ID, st.Lead, st.RaftState = 1, 1, raft.StateLeader
+			return st
+		},
+		ops: opsConfig{
+			transferLeadership: func(_ context.Context, lead, to uint64) {
+				calls = append(calls, [2]uint64{lead, to})
+				up = false // the target stops while raft hands over
+			},
+			peerActive: func(id uint64) bool { return id == 1 || up },
+		},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := h.transfer(ctx, 1, 2)
+	if !errors.Is(err, errTransfer) || !strings.Contains(err.Error(), "member 2 is not reachable") {
+		t.Fatalf("transfer to a member that went down: %v", err)
+	}
+	if want := [][2]uint64{{1, 2}, {1, 1}}; !slices.Equal(calls, want) {
+		t.Fatalf("asked raft %v; want %v (the transfer, then the leader to itself)", calls, want)
+	}
+	if err := h.transfer(ctx, 1, 2); err == nil || len(calls) != 2 {
+		t.Fatalf("transfer to a member known to be down: %v, raft asked %v", err, calls)
+	}
+
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	down := (lead + 1) % 3
+	c.stop(down)
+	rn := c.nodes[lead].rn
+	// Each call returns once raft's goroutine has taken the message, and it
+	// steps it before it answers the status request that follows; the two
+	// calls are far less than an election timeout apart (when raft would
+	// drop the transfer itself).
+	rn.transferLeadership(ctx, uint64(lead+1), uint64(down+1))
+	if got := rn.status().LeadTransferee; got != uint64(down+1) {
+		t.Fatalf("lead transferee %d; want %d", got, down+1)
+	}
+	rn.transferLeadership(ctx, uint64(lead+1), uint64(lead+1))
+	if got := rn.status().LeadTransferee; got != 0 {
+		t.Fatalf("lead transferee %d after the leader named itself; want none", got)
+	}
+	if st := rn.status(); st.Lead != uint64(lead+1) {
+		t.Fatalf("leader %d after the aborted transfer; want %d", st.Lead, lead+1)
+	}
+	c.mustPut(lead, "after-abort", "1")
+}
+
 func TestRemovingTheLeaderTransfersFirst(t *testing.T) {
 	for _, onLeader := range []bool{false, true} {
 		t.Run(fmt.Sprintf("on-leader-%v", onLeader), func(t *testing.T) {

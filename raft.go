@@ -775,9 +775,15 @@ func (rc *raftNode) leader() uint64 { return rc.lead.Load() }
 
 // transferLeadership asks raft to hand leadership from lead to to; a
 // follower forwards the request to the leader. raft gives up after an
-// election timeout if to has not caught up by then.
+// election timeout if to has not caught up by then. On the leader, to ==
+// lead drops a transfer in progress (raft's stepLeader aborts the pending
+// one before it ignores a transfer to itself).
 func (rc *raftNode) transferLeadership(ctx context.Context, lead, to uint64) {
-	rc.transferTo.Store(to)
+	if to == lead {
+		rc.transferTo.Store(0)
+	} else {
+		rc.transferTo.Store(to)
+	}
 	rc.node.TransferLeadership(ctx, lead, to)
 }
 

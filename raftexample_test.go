@@ -638,6 +638,54 @@ func TestGracefulStopOfTheLeaderHandsOver(t *testing.T) {
 	c.mustGet(lead, "after", "2")
 }
 
+// A leader that stops just after a follower hands over to the follower
+// still running, not to the one that stopped (raft still counts a member
+// that stopped as recently active for up to an election timeout).
+func TestStoppingLeaderHandsOverToAMemberStillRunning(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	c.mustPut(lead, "before", "1")
+	var followers []int
+	for i := range c.nodes {
+		if i != lead {
+			followers = append(followers, i)
+		}
+	}
+	// Equally caught up, the lower id would be picked: stop that one.
+	gone, running := followers[0], followers[1]
+	c.stop(gone)
+	logFrom := len(c.log.String())
+	c.stop(lead)
+	logs := c.log.String()[logFrom:]
+	if !strings.Contains(logs, "moved leadership off the member stopping") {
+		t.Fatalf("the stopping leader did not hand over to member %d, which was running:\n%s", running+1, grepLines(logs, "leadership"))
+	}
+	if want := fmt.Sprintf("received MsgTimeoutNow from %x", lead+1); !strings.Contains(logs, want) {
+		t.Fatalf("member %d did not take over by a transfer: no %q in the log", running+1, want)
+	}
+	c.start(gone) // a quorum again
+	c.mustPut(c.leader(), "after", "2")
+}
+
+// Stopped all at once (goreman's Ctrl-C), the leader's hand-over target is
+// stopping too: the leader gives up when the target's connection goes
+// down, not when its wait of two election timeouts runs out.
+func TestWholeClusterStopDoesNotWaitOutTheHandOver(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	c.mustPut(lead, "k", "v")
+	logFrom := len(c.log.String())
+	c.stopAll()
+	logs := c.log.String()[logFrom:]
+	if strings.Contains(logs, "context deadline exceeded") {
+		t.Fatalf("the leader waited out its hand-over to a member that had stopped:\n%s", grepLines(logs, "leadership"))
+	}
+	if !strings.Contains(logs, "moved leadership off the member stopping") && !strings.Contains(logs, "is not reachable (stopped, or cut off)") &&
+		!strings.Contains(logs, "no other reachable voter to take over") {
+		t.Fatalf("no word of the leader's hand-over in the log:\n%s", grepLines(logs, "leadership"))
+	}
+}
+
 // Graceful stop answers requests that are in flight and leaves nothing
 // behind (goleak checks goroutines for the whole package).
 func TestGracefulStopWithRequestsInFlight(t *testing.T) {
@@ -783,4 +831,15 @@ func TestIsolatedLeaderLosesNoWrites(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// grepLines returns the lines of logs that contain s, for a failure message.
+func grepLines(logs, s string) string {
+	var out []string
+	for _, line := range strings.Split(logs, "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
 }
