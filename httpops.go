@@ -257,7 +257,7 @@ func mostCaughtUp(st raft.Status, reachable func(uint64) bool) uint64 {
 // that is stopping too).
 func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 	unreachable := func() bool { return h.ops.peerActive != nil && !h.ops.peerActive(to) }
-	errUnreachable := fmt.Errorf("%w: member %d is not reachable (stopped, or cut off)", errTransfer, to)
+	errUnreachable := fmt.Errorf("%w: member %d is not reachable from member %d (stopped, or cut off)", errTransfer, to, h.raftStatus().ID)
 	if unreachable() {
 		return errUnreachable
 	}

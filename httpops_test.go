@@ -142,7 +142,7 @@ func TestTransferToAMemberThatGoesDown(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := h.transfer(ctx, 1, 2)
-	if !errors.Is(err, errTransfer) || !strings.Contains(err.Error(), "member 2 is not reachable") {
+	if !errors.Is(err, errTransfer) || !strings.Contains(err.Error(), "member 2 is not reachable from member 1") {
 		t.Fatalf("transfer to a member that went down: %v", err)
 	}
 	if want := [][2]uint64{{1, 2}, {1, 1}}; !slices.Equal(calls, want) {

@@ -680,9 +680,12 @@ func TestWholeClusterStopDoesNotWaitOutTheHandOver(t *testing.T) {
 	if strings.Contains(logs, "context deadline exceeded") {
 		t.Fatalf("the leader waited out its hand-over to a member that had stopped:\n%s", grepLines(logs, "leadership"))
 	}
-	if !strings.Contains(logs, "moved leadership off the member stopping") && !strings.Contains(logs, "is not reachable (stopped, or cut off)") &&
+	// A leader that lost its quorum before it got to the hand-over (a slow
+	// stop under -race) tries none; one that tried must say how it ended.
+	tried := strings.Contains(logs, "starts to transfer leadership") || strings.Contains(logs, "no other reachable voter to take over")
+	if tried && !strings.Contains(logs, "moved leadership off the member stopping") && !strings.Contains(logs, "(stopped, or cut off)") &&
 		!strings.Contains(logs, "no other reachable voter to take over") {
-		t.Fatalf("no word of the leader's hand-over in the log:\n%s", grepLines(logs, "leadership"))
+		t.Fatalf("no word of how the leader's hand-over ended in the log:\n%s", grepLines(logs, "leadership"))
 	}
 }
 

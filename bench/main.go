@@ -5,7 +5,8 @@
 // each client count for PUT and for linearizable and serializable GET,
 // repeats the whole pass, and prints a table of medians and ratios with
 // the machine's cores and fsync rate, server CPU per operation (from /proc
-// for each member) and resident memory.
+// for each member), the load tool's own CPU per operation (the clients
+// share the machine with the members) and resident memory.
 //
 //	cd bench && go run . --passes 3
 //
@@ -69,8 +70,11 @@ type measurement struct {
 	Lost       int     `json:"lost"`
 	Unread     int     `json:"unread"`
 	CPUPerOpUs float64 `json:"cpu_us_per_op"` // all members' user+system CPU / ops
-	RSSMB      float64 `json:"rss_mb"`        // largest member's RSS after the run
-	PeakRSSMB  float64 `json:"peak_rss_mb"`   // largest member's peak RSS so far
+	// LoadCPUPerOpUs is this process's user+system CPU / ops: the load
+	// tool's clients, which share the machine with the members.
+	LoadCPUPerOpUs float64 `json:"load_cpu_us_per_op"`
+	RSSMB          float64 `json:"rss_mb"`      // largest member's RSS after the run
+	PeakRSSMB      float64 `json:"peak_rss_mb"` // largest member's peak RSS so far
 }
 
 func main() {
@@ -251,13 +255,14 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 			if err != nil {
 				return nil, err
 			}
-			var cpu1 float64
+			self0 := selfCPUSeconds()
+			var cpu1, self1 float64
 			var cpuErr error
 			measured := append(args, "--warmup", "0s", "--duration", o.duration.String())
 			if op == "put" {
 				measured = append(measured, "--verify")
 			}
-			r, err := load(ctx, dial, measured, loadgen.Hooks{BeforeVerify: func() { cpu1, cpuErr = c.cpuSeconds() }})
+			r, err := load(ctx, dial, measured, loadgen.Hooks{BeforeVerify: func() { self1 = selfCPUSeconds(); cpu1, cpuErr = c.cpuSeconds() }})
 			if err != nil {
 				return nil, fmt.Errorf("%s %s at %d clients: %w", sys, op, n, err)
 			}
@@ -277,9 +282,10 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 			}
 			if r.Ops > 0 {
 				m.CPUPerOpUs = (cpu1 - cpu0) / float64(r.Ops) * 1e6
+				m.LoadCPUPerOpUs = (self1 - self0) / float64(r.Ops) * 1e6
 			}
-			logf("pass %d, %s %s at %d clients: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op, %d errors%s",
-				pass, sys, op, n, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.Errors, verified)
+			logf("pass %d, %s %s at %d clients: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op (load tool %.0f), %d errors%s",
+				pass, sys, op, n, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.LoadCPUPerOpUs, m.Errors, verified)
 			out = append(out, m)
 		}
 	}
@@ -373,7 +379,7 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 	fmt.Fprintf(w, "runs: %d pass(es), %v each after %v warm-up, %d-byte values, reads over %d keys; medians of the passes\n\n",
 		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\terrors (etcd/ours)\tlost (etcd/ours)\t")
+	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\tload tool µs/op (etcd/ours)\terrors (etcd/ours)\tlost (etcd/ours)\t")
 	pick := func(sys, op string, n int, f func(measurement) float64) float64 {
 		var xs []float64
 		for _, m := range all {
@@ -411,10 +417,12 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 			if op == "put" {
 				lost = fmt.Sprintf("%d/%d", eLost, oLost)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%d/%d\t%s\t\n", op, n, eOps, oOps, ratio(eOps, oOps),
+			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%.0f/%.0f\t%d/%d\t%s\t\n", op, n, eOps, oOps, ratio(eOps, oOps),
 				get("etcd", func(m measurement) float64 { return m.P50 }), get("raftexample", func(m measurement) float64 { return m.P50 }),
 				get("etcd", func(m measurement) float64 { return m.P999 }), get("raftexample", func(m measurement) float64 { return m.P999 }),
-				eCPU, oCPU, ratio(eCPU, oCPU), eErr, oErr, lost)
+				eCPU, oCPU, ratio(eCPU, oCPU),
+				get("etcd", func(m measurement) float64 { return m.LoadCPUPerOpUs }), get("raftexample", func(m measurement) float64 { return m.LoadCPUPerOpUs }),
+				eErr, oErr, lost)
 		}
 	}
 	tw.Flush()

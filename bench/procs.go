@@ -185,6 +185,16 @@ func (c *cluster) cpuSeconds() (float64, error) {
 	return total, nil
 }
 
+// selfCPUSeconds is the user plus system CPU this process (the load
+// tool) has used so far.
+func selfCPUSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
 // rssMB returns the members' largest current and largest peak resident
 // set, in MiB.
 func (c *cluster) rssMB() (now, peak float64) {
