@@ -251,7 +251,7 @@ func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText strin
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	if !h.strictCheck(w, r, id, +1) { // httpops.go
+	if !h.membershipCurrent(w, r) || !h.strictCheck(w, r, id, +1) { // httpops.go
 		return
 	}
 	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.AddMember(ctx, id, peerURL, false) })
@@ -265,7 +265,7 @@ func (h *httpAPI) removeMember(w http.ResponseWriter, r *http.Request, idText st
 	if !ok {
 		return
 	}
-	if !h.strictCheck(w, r, id, -1) {
+	if !h.membershipCurrent(w, r) || !h.strictCheck(w, r, id, -1) {
 		return
 	}
 	h.replicate(w, r, h.removal(r, id)) // httpops.go

@@ -53,7 +53,7 @@ func (h *httpAPI) serveMembers(w http.ResponseWriter, r *http.Request, rest stri
 		if _, ok := h.query(w, r); !ok {
 			return
 		}
-		if !h.strictCheck(w, r, id, -1) {
+		if !h.membershipCurrent(w, r) || !h.strictCheck(w, r, id, -1) {
 			return
 		}
 		h.changed(w, r, http.StatusOK, id, h.removal(r, id))
@@ -80,6 +80,9 @@ func (h *httpAPI) addMemberV1(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, r, http.StatusBadRequest, "bad_peer_url", err.Error())
 		return
 	}
+	if !h.membershipCurrent(w, r) {
+		return
+	}
 	id := h.store.members.highestID() + 1
 	if req.ID != nil {
 		if *req.ID == 0 {
@@ -99,7 +102,7 @@ func (h *httpAPI) addMemberV1(w http.ResponseWriter, r *http.Request) {
 
 // promote makes a learner a voter, once the leader sees it caught up.
 func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request, id uint64) {
-	if _, ok := h.query(w, r); !ok {
+	if _, ok := h.query(w, r); !ok || !h.membershipCurrent(w, r) {
 		return
 	}
 	st := h.raftStatus()
@@ -123,6 +126,27 @@ func (h *httpAPI) promote(w http.ResponseWriter, r *http.Request, id uint64) {
 		return
 	}
 	h.changed(w, r, http.StatusOK, id, func(ctx context.Context) (uint64, error) { return h.store.PromoteMember(ctx, id) })
+}
+
+// membershipCurrent makes this member apply everything committed before
+// the request arrived (a ReadIndex round), so that the checks a membership
+// change makes here (the new id, whether the member exists, whether a
+// quorum stays reachable) see every change acknowledged before it, by any
+// member: a member that lagged picked an id just removed, or found no
+// member just added. The round also orders the proposal after the leader
+// has told raft the last change is applied: raft answers ReadIndex through
+// a Ready, and the leader's raft loop takes the next Ready only after it
+// advanced past the one that applied (and answered) that change. Proposed
+// before, raft's leader drops a change ("possible unapplied conf change").
+// It answers the request itself (503) if it cannot.
+func (h *httpAPI) membershipCurrent(w http.ResponseWriter, r *http.Request) bool {
+	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
+	defer cancel()
+	if err := h.store.sync(ctx, true); err != nil {
+		h.fail(w, r, err)
+		return false
+	}
+	return true
 }
 
 // changed runs a membership change and answers {"id", "index"} as JSON.

@@ -205,6 +205,41 @@ func TestRemovingTheLeaderTransfersFirst(t *testing.T) {
 	}
 }
 
+// Membership changes sent one after another, each as soon as the last was
+// answered, all go through, and raft's leader drops none of them ("possible
+// unapplied conf change": proposed before it was told the last one is
+// applied). Sent to a different member each time, the checks must see the
+// change just answered elsewhere (membershipCurrent does both).
+func TestMembershipChangesBackToBack(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	change := func(i, via int) {
+		t.Helper()
+		peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+		r := do(t, "POST", c.url(via, "/v1/members"), fmt.Sprintf(`{"peer_url": %q, "learner": true}`, peer))
+		if r.code != 201 {
+			t.Fatalf("change %d via member %d: adding a learner: %d %q", i, via+1, r.code, r.body)
+		}
+		added := decodeJSON[struct{ ID uint64 }](t, r)
+		if r := do(t, "DELETE", c.url(via, fmt.Sprintf("/%d", added.ID)), ""); r.code != 204 {
+			t.Fatalf("change %d via member %d: removing learner %d right after it was added: %d %q", i, via+1, added.ID, r.code, r.body)
+		}
+	}
+	logFrom := len(c.log.String())
+	for i := range 10 {
+		change(i, lead)
+	}
+	if dropped := grepLines(c.log.String()[logFrom:], "possible unapplied conf change"); dropped != "" {
+		t.Fatalf("the leader dropped membership changes sent to it one after another:\n%s", dropped)
+	}
+	for i := range 40 {
+		change(i, (lead+i)%3)
+	}
+	if dropped := grepLines(c.log.String()[logFrom:], "possible unapplied conf change"); dropped != "" {
+		t.Fatalf("the leader dropped membership changes sent one after another:\n%s", dropped)
+	}
+}
+
 // A learner gets the log but no vote until promoted; it stays a learner
 // across restarts and snapshots; promotion waits until it has caught up.
 func TestLearnerAddPromoteRemove(t *testing.T) {

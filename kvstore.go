@@ -434,23 +434,55 @@ func (s *kvstore) propose(ctx context.Context, id uint64, p proposal) (res resul
 	p.ctx = ctx
 	p.done = func(err error) { s.waits.trigger(id, result{err: err}) }
 	p.accepted = func() { s.waits.markAccepted(id) }
-	select {
-	case s.proposeC <- p:
-	case <-ctx.Done():
-		s.waits.cancel(id)
-		return result{}, errTimeout
-	case <-s.stopc:
-		s.waits.cancel(id)
-		return result{}, errStopping
+	send := func(p proposal) error {
+		select {
+		case s.proposeC <- p:
+			return nil
+		case <-ctx.Done():
+			s.waits.cancel(id)
+			return errTimeout
+		case <-s.stopc:
+			s.waits.cancel(id)
+			return errStopping
+		}
 	}
-	select {
-	case r := <-ch:
-		return r, r.err
-	case <-ctx.Done():
-		s.waits.cancel(id)
-		return result{}, errTimeout
+	if err := send(p); err != nil {
+		return result{}, err
+	}
+	var resend <-chan time.Time
+	if p.cc != nil {
+		tick := time.NewTicker(confChangeResend)
+		defer tick.Stop()
+		resend = tick.C
+	}
+	for {
+		select {
+		case r := <-ch:
+			return r, r.err
+		case <-ctx.Done():
+			s.waits.cancel(id)
+			return result{}, errTimeout
+		case <-resend:
+			// The leader drops a membership change (raft turns it into an
+			// empty entry) while one it has not applied is in its log: a
+			// new leader, until it has applied its whole log. The apply
+			// refuses a change that already took effect (errMemberExists,
+			// errNoMember), so a repeat under the same id cannot apply
+			// twice; its answer reaches this waiter only if the first
+			// never applied. A repeat that raft refuses here ends
+			// nothing: the wait goes on.
+			again := p
+			again.done = func(error) {}
+			if err := send(again); err != nil {
+				return result{}, err
+			}
+		}
 	}
 }
+
+// confChangeResend is how long a membership change waits for its apply
+// before it is proposed again (see propose).
+const confChangeResend = 500 * time.Millisecond
 
 // Get reads a key: nil if it is absent. A linearizable read first learns
 // the cluster's commit index (ReadIndex) and waits until this node has

@@ -1,7 +1,13 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"testing"
+	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
 )
 
 func TestApplyOpKeepsMetadata(t *testing.T) {
@@ -68,5 +74,49 @@ func TestApplyTxnPicksTheBranch(t *testing.T) {
 	}})
 	if res.succeeded || res.ops[1].prev.value != "x" || res.ops[1].prev.mod != 11 || res.ops[2].deleted != 1 || keys.Len() != 0 {
 		t.Fatalf("failure branch: %+v", res)
+	}
+}
+
+// A membership change that raft drops without a word (a new leader does,
+// until it has applied its log) is proposed again under the same id; a
+// repeat that raft refuses does not end the wait.
+func TestMembershipChangeProposedAgain(t *testing.T) {
+	proposeC := make(chan proposal, 4)
+	s := newKVStore(zap.NewNop(), 1, 100, proposeC, nil, noPeers{}, newMembership(), 0)
+	type answer struct {
+		index uint64
+		err   error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		index, err := s.proposeChange(context.Background(), raftpb.ConfChangeRemoveNode, 2, "")
+		done <- answer{index, err}
+	}()
+	next := func() proposal {
+		t.Helper()
+		select {
+		case p := <-proposeC:
+			return p
+		case <-time.After(10 * time.Second):
+			t.Fatal("no proposal")
+		}
+		return proposal{}
+	}
+	first := next()
+	first.accepted() // and dropped: no apply ever answers it
+	again := next()
+	if again.cc.GetId() != first.cc.GetId() || again.cc.GetNodeId() != 2 {
+		t.Fatalf("proposed again as %v; want the same change %v", again.cc, first.cc)
+	}
+	again.done(errors.New("refused")) // raft refused the repeat: keep waiting
+	third := next()
+	s.waits.trigger(third.cc.GetId(), result{index: 42})
+	select {
+	case a := <-done:
+		if a.err != nil || a.index != 42 {
+			t.Fatalf("change answered %d, %v; want index 42", a.index, a.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the change was never answered")
 	}
 }
