@@ -312,33 +312,14 @@ func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 }
 
 // removal is the change that removes member id. If id leads, leadership is
-// handed over first (moveLeaderOff). A new leader turns conf changes into
-// empty entries until it has applied its log (raft's pendingConfIndex), so
-// then an attempt unanswered for a second is proposed again; a repeat that
-// finds the member gone means an earlier attempt took effect.
+// handed over first (moveLeaderOff). The new leader drops conf changes
+// until it has applied its log (raft's pendingConfIndex); propose repeats
+// a change that gets no answer, so that needs nothing here.
 func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uint64, error) {
 	once := func(ctx context.Context) (uint64, error) { return h.store.RemoveMember(ctx, id) }
 	st := h.raftStatus()
-	if id != st.Lead || len(h.store.Members()) <= 1 || !h.moveLeaderOff(r.Context(), st, "being removed") {
+	if id != st.Lead || len(h.store.Members()) <= 1 || !h.moveLeaderOff(r.Context(), st, "being removed") || id != st.ID || h.ops.removed == nil {
 		return once
-	}
-	retried := func(ctx context.Context) (uint64, error) {
-		for attempt := 0; ; attempt++ {
-			actx, cancel := context.WithTimeout(ctx, time.Second)
-			index, err := once(actx)
-			cancel()
-			switch {
-			case attempt > 0 && errors.Is(err, errNoMember):
-				applied, _ := h.store.Applied()
-				return applied, nil
-			case errors.Is(err, errTimeout) && ctx.Err() == nil:
-				continue
-			}
-			return index, err
-		}
-	}
-	if id != st.ID || h.ops.removed == nil {
-		return retried
 	}
 	// This member removes itself, now as a follower: once the others have
 	// applied the change they stop talking to it, so it may never apply
@@ -350,7 +331,7 @@ func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uin
 		}
 		done := make(chan answer, 1)
 		go func() {
-			index, err := retried(ctx)
+			index, err := once(ctx)
 			done <- answer{index, err}
 		}()
 		select {
