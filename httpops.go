@@ -281,7 +281,7 @@ func mostCaughtUp(st raft.Status, reachable func(uint64) bool) uint64 {
 // that is stopping too).
 func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 	unreachable := func() bool { return h.ops.peerActive != nil && !h.ops.peerActive(to) }
-	errUnreachable := fmt.Errorf("%w: member %d is not reachable from member %d (stopped, or cut off)", errTransfer, to, h.raftStatus().ID)
+	errUnreachable := fmt.Errorf("%w: %w", errTransfer, targetDown{to: to, from: h.raftStatus().ID})
 	if unreachable() {
 		return errUnreachable
 	}
@@ -309,6 +309,14 @@ func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// targetDown says a transfer's target is not reachable: it stopped, or is
+// cut off from the member that asked.
+type targetDown struct{ to, from uint64 }
+
+func (e targetDown) Error() string {
+	return fmt.Sprintf("member %d is not reachable from member %d (stopped, or cut off)", e.to, e.from)
 }
 
 // removal is the change that removes member id. If id leads, leadership is
@@ -352,23 +360,34 @@ func (h *httpAPI) removal(r *http.Request, id uint64) func(context.Context) (uin
 // leader leaves anyway and an election follows. It reports whether
 // leadership moved.
 func (h *httpAPI) moveLeaderOff(ctx context.Context, st raft.Status, which string) bool {
-	to := st.ID
-	if st.ID == st.Lead {
-		to = mostCaughtUp(st, h.ops.peerActive)
-		if to == 0 {
-			h.lg.Warn("no other reachable voter to take over from the leader " + which + "; an election will follow")
-			return false
-		}
-	}
 	ctx, cancel := context.WithTimeout(ctx, h.requestTimeout/2)
 	defer cancel()
-	if err := h.transfer(ctx, st.Lead, to); err != nil {
+	// A target found down (it stopped after raft last heard from it, or is
+	// stopping too) is passed over for the next one.
+	down := map[uint64]bool{}
+	reachable := func(id uint64) bool { return !down[id] && (h.ops.peerActive == nil || h.ops.peerActive(id)) }
+	for {
+		to := st.ID
+		if st.ID == st.Lead {
+			if to = mostCaughtUp(st, reachable); to == 0 {
+				h.lg.Warn("no other reachable voter to take over from the leader " + which + "; an election will follow")
+				return false
+			}
+		}
+		err := h.transfer(ctx, st.Lead, to)
+		if err == nil {
+			h.lg.Info("moved leadership off the member "+which, zap.Uint64("from", st.Lead), zap.Uint64("to", to))
+			return true
+		}
+		if st.ID == st.Lead && errors.As(err, new(targetDown)) {
+			h.lg.Info("leadership transfer target is down; trying the next", zap.Uint64("to", to), zap.Error(err))
+			down[to] = true
+			continue
+		}
 		h.lg.Warn("could not move leadership off the member "+which+"; an election will follow",
 			zap.Uint64("leader", st.Lead), zap.Uint64("to", to), zap.Error(err))
 		return false
 	}
-	h.lg.Info("moved leadership off the member "+which, zap.Uint64("from", st.Lead), zap.Uint64("to", to))
-	return true
 }
 
 // strictCheck refuses, with 409, a change to the voters that would leave

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/tracker"
+	"go.uber.org/zap"
 )
 
 func TestMembersView(t *testing.T) {
@@ -173,6 +175,48 @@ func TestTransferToAMemberThatGoesDown(t *testing.T) {
 		t.Fatalf("leader %d after the aborted transfer; want %d", st.Lead, lead+1)
 	}
 	c.mustPut(lead, "after-abort", "1")
+}
+
+// A leader moving leadership off itself passes over a target it finds down
+// (raft still counted it recently active) and hands over to the next.
+func TestMoveLeaderOffPassesOverATargetThatIsDown(t *testing.T) {
+	var calls [][2]uint64
+	lead := uint64(1)
+	up := map[uint64]bool{1: true, 2: true, 3: true}
+	h := &httpAPI{
+		lg:             zap.NewNop(),
+		requestTimeout: 10 * time.Second,
+		raftStatus: func() raft.Status {
+			var st raft.Status
+			st.ID, st.Lead = 1, lead
+			return st
+		},
+		ops: opsConfig{
+			transferLeadership: func(_ context.Context, from, to uint64) {
+				calls = append(calls, [2]uint64{from, to})
+				switch to {
+				case 2:
+					up[2] = false // stopped just now
+				case 3:
+					lead = 3
+				}
+			},
+			peerActive: func(id uint64) bool { return up[id] },
+		},
+	}
+	var st raft.Status
+	st.ID, st.Lead, st.RaftState = 1, 1, raft.StateLeader
+	st.Progress = map[uint64]tracker.Progress{
+		1: {Match: 10, RecentActive: true},
+		2: {Match: 10, RecentActive: true}, // equally caught up: the lower id goes first
+		3: {Match: 10, RecentActive: true},
+	}
+	if !h.moveLeaderOff(context.Background(), st, "stopping") {
+		t.Fatal("leadership did not move to member 3")
+	}
+	if want := [][2]uint64{{1, 2}, {1, 1}, {1, 3}}; !slices.Equal(calls, want) {
+		t.Fatalf("asked raft %v; want %v (2, dropped when found down, then 3)", calls, want)
+	}
 }
 
 func TestRemovingTheLeaderTransfersFirst(t *testing.T) {
