@@ -281,9 +281,9 @@ func mostCaughtUp(st raft.Status, reachable func(uint64) bool) uint64 {
 // that is stopping too).
 func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 	unreachable := func() bool { return h.ops.peerActive != nil && !h.ops.peerActive(to) }
-	errUnreachable := fmt.Errorf("%w: %w", errTransfer, targetDown{to: to, from: h.raftStatus().ID})
+	errDown := func(from uint64) error { return fmt.Errorf("%w: %w", errTransfer, targetDown{to: to, from: from}) }
 	if unreachable() {
-		return errUnreachable
+		return errDown(h.raftStatus().ID)
 	}
 	h.ops.transferLeadership(ctx, lead, to)
 	tick := time.NewTicker(10 * time.Millisecond)
@@ -301,7 +301,7 @@ func (h *httpAPI) transfer(ctx context.Context, lead, to uint64) error {
 				// rather than an election timeout later.
 				h.ops.transferLeadership(ctx, lead, lead)
 			}
-			return errUnreachable
+			return errDown(st.ID)
 		}
 		select {
 		case <-ctx.Done():
