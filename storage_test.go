@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
 	"go.etcd.io/raft/v3/raftpb"
 )
@@ -142,5 +143,44 @@ func TestMkdirDurable(t *testing.T) {
 	}
 	if err := syncDir(filepath.Join(base, "missing")); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Fatalf("syncDir of a missing dir: %v", err)
+	}
+}
+
+// A snapshot's WAL record comes after its entries, and can be segments
+// later than the segment its index is in (the WAL goes on appending while
+// the snapshot file is written): walRecordsSnapshot finds it there, with
+// its term, and finds nothing for an index or term the WAL does not record.
+func TestWALRecordsSnapshot(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "wal")
+	w, err := wal.Create(zap.NewNop(), dir, walMetadata(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 100<<10) // 100 KiB: a segment every ~20 entries
+	for i := uint64(1); i <= 100; i++ {
+		e := &raftpb.Entry{Index: new(i), Term: new(uint64(3)), Data: data}
+		if err := w.Save(&raftpb.HardState{Term: new(uint64(3)), Commit: new(i)}, []*raftpb.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 90 {
+			if err := w.SaveSnapshot(&walpb.Snapshot{Index: new(uint64(30)), Term: new(uint64(3)), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs, err := (&walEntries{dir: dir}).segments()
+	if err != nil || len(segs) < 4 {
+		t.Fatalf("want the entries spread over several segments; have %v (%v)", segs, err)
+	}
+	for _, c := range []struct {
+		index, term uint64
+		want        bool
+	}{{30, 3, true}, {30, 2, false}, {29, 3, false}, {31, 3, false}, {95, 3, false}, {500, 3, false}} {
+		if got := walRecordsSnapshot(dir, c.index, c.term); got != c.want {
+			t.Errorf("walRecordsSnapshot(index %d, term %d) = %v, want %v", c.index, c.term, got, c.want)
+		}
 	}
 }

@@ -159,6 +159,28 @@ func (w *walEntries) readSegments(lo, hi, maxSize uint64, term func(uint64) uint
 // path, in order, until fn returns false (then done is true) or the
 // records end.
 func readSegmentEntries(path string, fn func(*raftpb.Entry) bool) (done bool, err error) {
+	var decodeErr error
+	done, err = readSegmentRecords(path, func(rec *walpb.Record) bool {
+		if rec.GetType() != wal.EntryType {
+			return true
+		}
+		e := &raftpb.Entry{}
+		if decodeErr = proto.Unmarshal(rec.GetData(), e); decodeErr != nil {
+			return false
+		}
+		return fn(e)
+	})
+	if decodeErr != nil {
+		return false, fmt.Errorf("decode entry in %s: %w", path, decodeErr)
+	}
+	return done, err
+}
+
+// readSegmentRecords calls fn with each record of the segment at path but
+// its CRC records (each checked against the running checksum, as etcd's
+// reader does), in order, until fn returns false (then done is true) or
+// the records end.
+func readSegmentRecords(path string, fn func(*walpb.Record) bool) (done bool, err error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return false, err
@@ -174,17 +196,49 @@ func readSegmentEntries(path string, fn func(*raftpb.Entry) bool) (done bool, er
 		case err != nil:
 			return false, fmt.Errorf("decode record at byte %d: %w", dec.LastOffset(), err)
 		}
-		switch rec.GetType() {
-		case wal.CrcType:
+		if rec.GetType() == wal.CrcType {
 			dec.UpdateCRC(rec.GetCrc())
-		case wal.EntryType:
-			e := &raftpb.Entry{}
-			if err := proto.Unmarshal(rec.GetData(), e); err != nil {
-				return false, fmt.Errorf("decode entry at byte %d: %w", dec.LastOffset(), err)
-			}
-			if !fn(e) {
-				return true, nil
-			}
+			continue
+		}
+		if !fn(rec) {
+			return true, nil
 		}
 	}
+}
+
+// walRecordsSnapshot reports whether the WAL in dir holds the record of
+// the snapshot at index and term. A snapshot's record is appended once its
+// file is written, after the entries up to its index: so it is looked for
+// from the segment that the log at index is in, and the search stops at
+// the first snapshot record at or past index. A WAL that cannot be read
+// holds no such record, as far as this says.
+func walRecordsSnapshot(dir string, index, term uint64) bool {
+	segs, err := (&walEntries{dir: dir}).segments()
+	if err != nil {
+		return false
+	}
+	k := 0
+	for i, s := range segs {
+		if s.index <= index {
+			k = i
+		}
+	}
+	found := false
+	for _, s := range segs[k:] {
+		done, err := readSegmentRecords(s.path, func(rec *walpb.Record) bool {
+			if rec.GetType() != wal.SnapshotType {
+				return true
+			}
+			snap := &walpb.Snapshot{}
+			if proto.Unmarshal(rec.GetData(), snap) != nil || snap.GetIndex() < index {
+				return true
+			}
+			found = snap.GetIndex() == index && snap.GetTerm() == term
+			return false
+		})
+		if err != nil || done {
+			break
+		}
+	}
+	return found
 }
