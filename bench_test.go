@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/google/btree"
 )
 
 // The benchmarks run a real 3-member cluster in this process: WAL with fsync
@@ -84,11 +82,11 @@ func BenchmarkGetSerializable(b *testing.B) {
 }
 
 // tree1M is a key space of 1M keys of 100-byte values, built once.
-var tree1M = sync.OnceValue(func() *btree.BTreeG[*item] {
+var tree1M = sync.OnceValue(func() keyTree {
 	keys := newKeyTree()
 	v := strings.Repeat("v", 100)
 	for i := range 1_000_000 {
-		keys.ReplaceOrInsert(&item{key: fmt.Sprintf("key-%07d", i), value: v, create: uint64(i + 1), mod: uint64(i + 1), version: 1})
+		keys.Put(&item{key: fmt.Sprintf("key-%07d", i), value: v, create: uint64(i + 1), mod: uint64(i + 1), version: 1})
 	}
 	return keys
 })
@@ -109,7 +107,7 @@ func BenchmarkSnapshotClone1M(b *testing.B) {
 func BenchmarkSnapshotEncode(b *testing.B) {
 	keys := newKeyTree()
 	for i := range 100000 {
-		keys.ReplaceOrInsert(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
+		keys.Put(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
 	}
 	st := &snapshotState{index: 1, members: map[uint64]string{1: "http://127.0.0.1:1"}, keys: keys}
 	b.ResetTimer()
@@ -205,7 +203,7 @@ func BenchmarkEntryCodec(b *testing.B) {
 func BenchmarkSnapshotDecode(b *testing.B) {
 	keys := newKeyTree()
 	for i := range 100000 {
-		keys.ReplaceOrInsert(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
+		keys.Put(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
 	}
 	data := encodeSnapshot(&snapshotState{index: 1, members: map[uint64]string{1: "http://127.0.0.1:1"}, keys: keys})
 	b.SetBytes(int64(len(data)))

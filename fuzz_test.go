@@ -12,8 +12,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/google/btree"
 )
 
 // Fuzz targets. `go test` runs their seeds (testdata/fuzz/<name>/ and the
@@ -71,8 +69,8 @@ func FuzzDecodeOps(f *testing.F) {
 
 func seedSnapshots() [][]byte {
 	keys := newKeyTree()
-	keys.ReplaceOrInsert(&item{key: "a", value: "1", create: 3, mod: 5, version: 2})
-	keys.ReplaceOrInsert(&item{key: "b/\x00", value: "", create: 4, mod: 4, version: 1})
+	keys.Put(&item{key: "a", value: "1", create: 3, mod: 5, version: 2})
+	keys.Put(&item{key: "b/\x00", value: "", create: 4, mod: 4, version: 1})
 	full := encodeSnapshot(&snapshotState{index: 9, members: map[uint64]string{1: "http://127.0.0.1:12379", 2: "http://127.0.0.1:22379"},
 		removed: map[uint64]bool{3: true}, keys: keys})
 	empty := encodeSnapshot(&snapshotState{index: 1, members: map[uint64]string{1: "http://a:1"}, removed: map[uint64]bool{}, keys: newKeyTree()})
@@ -107,7 +105,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 	})
 }
 
-func treeItems(t *btree.BTreeG[*item]) []item {
+func treeItems(t keyTree) []item {
 	var out []item
 	t.Ascend(func(it *item) bool { out = append(out, *it); return true })
 	return out

@@ -4,12 +4,10 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/btree"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
@@ -54,24 +52,6 @@ type item struct {
 	create  uint64 // raft index of the put that created the key
 	mod     uint64 // raft index of its last put
 	version uint64 // puts since it was created: 1 after the first
-}
-
-// newKeyTree returns an empty ordered key space. Clone on it is O(1) and
-// copy-on-write, so a snapshot takes no copy of the data on apply.
-func newKeyTree() *btree.BTreeG[*item] {
-	return btree.NewG(32, func(a, b *item) bool { return a.key < b.key })
-}
-
-// ascendPrefix calls fn for the keys that start with prefix and sort after
-// after (all of them if after is empty), in order, until fn returns false.
-func ascendPrefix(keys *btree.BTreeG[*item], prefix, after string, fn func(*item) bool) {
-	start := prefix
-	if after != "" && after >= prefix {
-		start = after + "\x00" // the least key greater than after
-	}
-	keys.AscendGreaterOrEqual(&item{key: start}, func(it *item) bool {
-		return strings.HasPrefix(it.key, prefix) && fn(it)
-	})
 }
 
 // result is what applying one record did, for the request that proposed it.
@@ -132,7 +112,7 @@ type kvstore struct {
 	nextID   atomic.Uint64
 
 	mu        sync.RWMutex // guards everything down to appliedCh
-	keys      *btree.BTreeG[*item]
+	keys      keyTree
 	applied   uint64
 	appliedCh chan struct{} // closed and replaced when applied advances
 
@@ -313,12 +293,12 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 
 // applyOp applies one op at index to keys and says what it did. It is
 // deterministic: every member gets the same result from the same state.
-func applyOp(keys *btree.BTreeG[*item], index uint64, o *op) result {
+func applyOp(keys keyTree, index uint64, o *op) result {
 	res := result{index: index, succeeded: true}
 	switch o.kind {
 	case opTxn:
 		for _, c := range o.txn.compares {
-			cur, _ := keys.Get(&item{key: c.key})
+			cur := keys.Get(c.key)
 			if !c.holds(cur) {
 				res.succeeded = false
 				break
@@ -337,7 +317,7 @@ func applyOp(keys *btree.BTreeG[*item], index uint64, o *op) result {
 	return res
 }
 
-func applyOne(keys *btree.BTreeG[*item], index uint64, o *op) opResult {
+func applyOne(keys keyTree, index uint64, o *op) opResult {
 	r := opResult{kind: o.kind, key: o.key}
 	switch o.kind {
 	case opPut:
@@ -346,13 +326,13 @@ func applyOne(keys *btree.BTreeG[*item], index uint64, o *op) opResult {
 		// changes: no clone and no reader can see it yet (apply holds
 		// kvstore.mu, and clones are taken under it too).
 		next := &item{key: o.key, value: o.value, create: index, mod: index, version: 1}
-		prev, _ := keys.ReplaceOrInsert(next)
+		prev := keys.Put(next)
 		if prev != nil {
 			next.create, next.version = prev.create, prev.version+1
 		}
 		r.prev, r.cur = prev, next
 	case opDelete:
-		prev, _ := keys.Delete(&item{key: o.key})
+		prev := keys.Delete(o.key)
 		r.prev = prev
 		if prev != nil {
 			r.deleted = 1
@@ -364,11 +344,11 @@ func applyOne(keys *btree.BTreeG[*item], index uint64, o *op) opResult {
 			return true
 		})
 		for _, it := range gone {
-			keys.Delete(it)
+			keys.Delete(it.key)
 		}
 		r.deleted, r.gone = len(gone), gone
 	case opGet:
-		r.prev, _ = keys.Get(&item{key: o.key})
+		r.prev = keys.Get(o.key)
 	}
 	return r
 }
@@ -493,7 +473,7 @@ func (s *kvstore) Get(ctx context.Context, key string, linearizable bool) (it *i
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	it, _ = s.keys.Get(&item{key: key})
+	it = s.keys.Get(key)
 	return it, s.applied, nil
 }
 

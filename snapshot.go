@@ -13,7 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/google/btree"
 	"go.etcd.io/raft/v3/raftpb"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -39,7 +38,7 @@ type snapshotState struct {
 	members map[uint64]string
 	removed map[uint64]bool
 	clients map[uint64]string // client URLs
-	keys    *btree.BTreeG[*item]
+	keys    keyTree
 }
 
 // snapshotSize is the exact length of st's encoding, so that a snapshot
@@ -166,20 +165,27 @@ func readSnapshot(r io.Reader, size int64) (*snapshotState, error) {
 			st.clients[id] = u
 		}
 	}
-	var last string
-	for n := d.count(); n > 0 && d.err == nil; n-- {
+	n := d.count()
+	sorted := make([]*item, 0, min(n, uint64(d.left)/5)) // v2 on: in key order; an item takes at least 5 bytes
+	for ; n > 0 && d.err == nil; n-- {
 		key, value := d.pair()
 		it := &item{key: key, value: value, create: st.index, mod: st.index, version: 1}
-		if !v1 {
-			it.create, it.mod, it.version = d.uvarint(), d.uvarint(), d.uvarint()
-			if st.keys.Len() > 0 && it.key <= last {
-				d.failWith(fmt.Errorf("keys out of order at %q", it.key))
+		if v1 { // its keys are in no order
+			if d.err == nil {
+				st.keys.Put(it)
 			}
-			last = it.key
+			continue
+		}
+		it.create, it.mod, it.version = d.uvarint(), d.uvarint(), d.uvarint()
+		if len(sorted) > 0 && it.key <= sorted[len(sorted)-1].key {
+			d.failWith(fmt.Errorf("keys out of order at %q", it.key))
 		}
 		if d.err == nil {
-			st.keys.ReplaceOrInsert(it)
+			sorted = append(sorted, it)
 		}
+	}
+	if d.err == nil {
+		st.keys.putSorted(sorted)
 	}
 	if d.err == nil && d.left != 0 {
 		d.err = errors.New("trailing bytes")
