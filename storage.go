@@ -88,7 +88,10 @@ func (rc *raftNode) openWAL() (err error) {
 	// a sound file is used (the slow way, which also reports or repairs).
 	guess := rc.newestSnapFile()
 	if guess != nil {
-		rc.expectReplay(uint64(guess.dataLen))
+		// The log since the snapshot is in memory too while it is replayed:
+		// told only of the snapshot, the collector ran back to back as the
+		// decode neared its size (1M keys: 5 collections in 0.3 s).
+		rc.expectReplay(uint64(guess.dataLen) + walBytesFrom(rc.cfg.waldir, guess.md.GetIndex()))
 		guess.prefetch()
 		if w, meta, st, ents, ok := rc.readWALAt(guess); ok {
 			rc.wal = w

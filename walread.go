@@ -213,18 +213,12 @@ func readSegmentRecords(path string, fn func(*walpb.Record) bool) (done bool, er
 // the first snapshot record at or past index. A WAL that cannot be read
 // holds no such record, as far as this says.
 func walRecordsSnapshot(dir string, index, term uint64) bool {
-	segs, err := (&walEntries{dir: dir}).segments()
+	segs, err := segmentsFrom(dir, index)
 	if err != nil {
 		return false
 	}
-	k := 0
-	for i, s := range segs {
-		if s.index <= index {
-			k = i
-		}
-	}
 	found := false
-	for _, s := range segs[k:] {
+	for _, s := range segs {
 		done, err := readSegmentRecords(s.path, func(rec *walpb.Record) bool {
 			if rec.GetType() != wal.SnapshotType {
 				return true
@@ -241,4 +235,37 @@ func walRecordsSnapshot(dir string, index, term uint64) bool {
 		}
 	}
 	return found
+}
+
+// segmentsFrom lists the WAL's segments from the one that the log at index
+// is in (the newest named at most index) to the last.
+func segmentsFrom(dir string, index uint64) ([]walSegment, error) {
+	segs, err := (&walEntries{dir: dir}).segments()
+	if err != nil {
+		return nil, err
+	}
+	k := 0
+	for i, s := range segs {
+		if s.index <= index {
+			k = i
+		}
+	}
+	return segs[k:], nil
+}
+
+// walBytesFrom is the size of the WAL's segment files from the one that the
+// log at index is in: about what a start from a snapshot at index reads
+// (the last segment is preallocated whole). 0 if they cannot be listed.
+func walBytesFrom(dir string, index uint64) uint64 {
+	segs, err := segmentsFrom(dir, index)
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, s := range segs {
+		if fi, err := os.Stat(s.path); err == nil {
+			n += uint64(fi.Size())
+		}
+	}
+	return n
 }
