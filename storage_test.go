@@ -175,6 +175,21 @@ func TestWALRecordsSnapshot(t *testing.T) {
 	if err != nil || len(segs) < 4 {
 		t.Fatalf("want the entries spread over several segments; have %v (%v)", segs, err)
 	}
+	var total, fromLast uint64
+	for _, s := range segs {
+		fi, err := os.Stat(s.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += uint64(fi.Size())
+		fromLast = uint64(fi.Size())
+	}
+	if got := walBytesFrom(dir, 0); got != total {
+		t.Errorf("walBytesFrom(0) = %d, want all %d bytes", got, total)
+	}
+	if got := walBytesFrom(dir, 500); got != fromLast {
+		t.Errorf("walBytesFrom(past the end) = %d, want the last segment's %d", got, fromLast)
+	}
 	for _, c := range []struct {
 		index, term uint64
 		want        bool
