@@ -25,7 +25,8 @@ WORK=$(mktemp -d)
 declare -a P
 # The members are not jobs of this shell (start runs in a command
 # substitution): kill them by pid too, or a failed run leaves them running.
-trap 'kill $(jobs -p) "${P[@]}" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+# A failed run keeps its data dirs and member logs, and says where.
+trap 'rc=$?; kill $(jobs -p) "${P[@]}" 2>/dev/null || true; if [ $rc = 0 ]; then rm -rf "$WORK"; else echo "failed (exit $rc); kept $WORK (member logs: $D/log*)" >&2; fi' EXIT
 go build -o "$WORK/raftexample" .
 go build -o "$WORK/bench" ./cmd/bench
 D=$WORK/data
@@ -72,12 +73,25 @@ restart1() { # signal $2 to member 1, restart it, time both, and sample its RSS 
 	# Not this shell's child (start runs in a command substitution), so
 	# no wait: poll until it is gone or a zombie (its exit is done).
 	while [ -e "/proc/${P[1]}" ] && [ "$(awk '{print $3}' "/proc/${P[1]}/stat" 2>/dev/null)" != Z ]; do sleep 0.02; done
+	# The main thread turns zombie before the others have exited, and until
+	# the last one has, the process still holds its listening sockets: a
+	# start right then failed with "address already in use". Wait for the
+	# ports too (at most 10 s).
+	for _ in $(seq 1 500); do
+		ss -Hltn "( sport = :32001 or sport = :32101 )" 2>/dev/null | grep -q . || break
+		sleep 0.02
+	done
 	stopped=$(echo "$(date +%s.%N) - $t0" | bc)
 	P[1]=$(start 1)
-	(while kill -0 "${P[1]}" 2>/dev/null; do awk '/VmRSS/{print $2}' /proc/${P[1]}/status 2>/dev/null; sleep 0.05; done) >"$D/rss1.txt" &
+	(while kill -0 "${P[1]}" 2>/dev/null; do awk '/VmRSS/{print $2}' /proc/${P[1]}/status 2>/dev/null || true; sleep 0.05; done) >"$D/rss1.txt" &
 	local sampler=$!
 	t=$(firstRead 1)
 	sleep 1
+	if ! kill -0 "${P[1]}" 2>/dev/null; then
+		echo "member 1 exited after its restart; its log ends:" >&2
+		tail -20 "$D/log1" >&2
+		exit 1
+	fi
 	kill $sampler
 	echo "member 1 stopped by SIG$2 in $stopped s, restarted$1: first linearizable read after $t s; RSS peak $(sort -n "$D/rss1.txt" | tail -1 | awk '{printf "%.0f", $1/1024}') MiB, 1 s later $(awk '/VmRSS/{printf "%.0f", $2/1024}' /proc/${P[1]}/status) MiB"
 }
