@@ -254,7 +254,15 @@ func (s *kvstore) apply(e *raftpb.Entry) {
 			}
 			res := applyOp(s.keys, index, o)
 			evs = events(index, res.ops, evs)
-			answers = append(answers, done{o.reqID, res})
+			// Most ops applied have nobody waiting here: a restart's
+			// replay, and on a follower the writes that came through
+			// other members. Keeping their answers only to drop them in
+			// trigger was a tenth of a 1M-key replay's apply time (7
+			// alternating runs: 1.45 vs 1.60 s). A request registers
+			// before it proposes, so it is waiting by now if at all.
+			if s.waits.waiting(o.reqID) {
+				answers = append(answers, done{o.reqID, res})
+			}
 		})
 		if err == nil {
 			s.applied = index

@@ -25,6 +25,14 @@ func (w *waitRegistry) register(id uint64) <-chan result {
 	return wt.ch
 }
 
+// waiting reports whether a request is waiting for id.
+func (w *waitRegistry) waiting(id uint64) bool {
+	w.mu.Lock()
+	_, ok := w.m[id]
+	w.mu.Unlock()
+	return ok
+}
+
 func (w *waitRegistry) trigger(id uint64, r result) {
 	w.mu.Lock()
 	wt, ok := w.m[id]

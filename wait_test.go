@@ -7,8 +7,17 @@ import (
 
 func TestWaitRegistry(t *testing.T) {
 	var w waitRegistry
+	if w.waiting(1) {
+		t.Fatal("waiting for an id nobody registered")
+	}
 	a, b := w.register(1), w.register(2)
+	if !w.waiting(1) || !w.waiting(2) {
+		t.Fatal("not waiting for registered ids")
+	}
 	w.trigger(1, result{index: 5})
+	if w.waiting(1) {
+		t.Fatal("still waiting for an id that was answered")
+	}
 	if r := <-a; r.index != 5 || r.err != nil {
 		t.Fatalf("got %+v", r)
 	}
