@@ -109,19 +109,11 @@ func (w *walEntries) forget() { w.ahead = nil }
 // readSegments decodes the entries [lo, hi) from the segments, up to
 // maxSize bytes (at least one entry).
 func (w *walEntries) readSegments(lo, hi, maxSize uint64, term func(uint64) uint64) ([]*raftpb.Entry, error) {
-	segs, err := w.segments()
+	segs, err := segmentsFrom(w.dir, lo)
 	if err != nil {
 		return nil, fmt.Errorf("list wal segments: %w", err)
 	}
-	// The newest segment named at most lo (segments are in name order,
-	// which is sequence order).
-	k := -1
-	for i, s := range segs {
-		if s.index <= lo {
-			k = i
-		}
-	}
-	if k < 0 {
+	if len(segs) == 0 || segs[0].index > lo {
 		return nil, fmt.Errorf("no wal segment in %s reaches back to index %d", w.dir, lo)
 	}
 	var (
@@ -129,7 +121,7 @@ func (w *walEntries) readSegments(lo, hi, maxSize uint64, term func(uint64) uint
 		size uint64
 	)
 	next := lo
-	for _, s := range segs[k:] {
+	for _, s := range segs {
 		done, err := readSegmentEntries(s.path, func(e *raftpb.Entry) bool {
 			if e.GetIndex() != next || e.GetTerm() != term(next) {
 				return true // an overwritten record, or one before lo
@@ -152,7 +144,7 @@ func (w *walEntries) readSegments(lo, hi, maxSize uint64, term func(uint64) uint
 	if len(ents) > 0 {
 		return ents, nil
 	}
-	return nil, fmt.Errorf("entry %d (term %d) not found in %s from %s on", lo, term(lo), w.dir, filepath.Base(segs[k].path))
+	return nil, fmt.Errorf("entry %d (term %d) not found in %s from %s on", lo, term(lo), w.dir, filepath.Base(segs[0].path))
 }
 
 // readSegmentEntries calls fn with each entry record of the segment at
@@ -238,7 +230,9 @@ func walRecordsSnapshot(dir string, index, term uint64) bool {
 }
 
 // segmentsFrom lists the WAL's segments from the one that the log at index
-// is in (the newest named at most index) to the last.
+// is in (the newest named at most index; segments are in name order, which
+// is sequence order) to the last: all of them if none is named at most
+// index.
 func segmentsFrom(dir string, index uint64) ([]walSegment, error) {
 	segs, err := (&walEntries{dir: dir}).segments()
 	if err != nil {
