@@ -13,7 +13,7 @@ import (
 func TestApplyOpKeepsMetadata(t *testing.T) {
 	keys := newKeyTree()
 	put := func(index uint64, k, v string) opResult {
-		return applyOp(keys, index, &op{kind: opPut, key: k, value: v}).ops[0]
+		return applyOp(keys, index, &op{kind: opPut, key: k, value: v}, nil).ops[0]
 	}
 	if r := put(5, "a", "1"); r.prev != nil || *r.cur != (item{key: "a", value: "1", create: 5, mod: 5, version: 1}) {
 		t.Fatalf("create: %+v", r)
@@ -23,24 +23,24 @@ func TestApplyOpKeepsMetadata(t *testing.T) {
 	}
 	put(10, "ab", "x")
 	put(11, "b", "y")
-	if r := applyOp(keys, 12, &op{kind: opDelete, key: "a"}).ops[0]; r.deleted != 1 || r.prev.mod != 9 {
+	if r := applyOp(keys, 12, &op{kind: opDelete, key: "a"}, nil).ops[0]; r.deleted != 1 || r.prev.mod != 9 {
 		t.Fatalf("delete: %+v", r)
 	}
-	if r := applyOp(keys, 13, &op{kind: opDelete, key: "a"}).ops[0]; r.deleted != 0 || r.prev != nil {
+	if r := applyOp(keys, 13, &op{kind: opDelete, key: "a"}, nil).ops[0]; r.deleted != 0 || r.prev != nil {
 		t.Fatalf("delete of an absent key: %+v", r)
 	}
 	if r := put(14, "a", "3"); *r.cur != (item{key: "a", value: "3", create: 14, mod: 14, version: 1}) {
 		t.Fatalf("recreate after delete starts over: %+v", r.cur)
 	}
-	if r := applyOp(keys, 15, &op{kind: opDeletePrefix, key: "a"}).ops[0]; r.deleted != 2 || keys.Len() != 1 {
+	if r := applyOp(keys, 15, &op{kind: opDeletePrefix, key: "a"}, nil).ops[0]; r.deleted != 2 || keys.Len() != 1 {
 		t.Fatalf("delete prefix: %+v, %d left", r, keys.Len())
 	}
 }
 
 func TestApplyTxnPicksTheBranch(t *testing.T) {
 	keys := newKeyTree()
-	applyOp(keys, 3, &op{kind: opPut, key: "k", value: "v"})
-	applyOp(keys, 4, &op{kind: opPut, key: "k", value: "w"}) // create 3, mod 4, version 2
+	applyOp(keys, 3, &op{kind: opPut, key: "k", value: "v"}, nil)
+	applyOp(keys, 4, &op{kind: opPut, key: "k", value: "w"}, nil) // create 3, mod 4, version 2
 	cases := []struct {
 		c    compare
 		want bool
@@ -62,7 +62,7 @@ func TestApplyTxnPicksTheBranch(t *testing.T) {
 			compares: []compare{tc.c},
 			success:  []op{{kind: opGet, key: "k"}},
 			failure:  []op{{kind: opGet, key: "k"}, {kind: opGet, key: "nope"}},
-		}})
+		}}, nil)
 		if res.succeeded != tc.want || (tc.want && len(res.ops) != 1) || (!tc.want && len(res.ops) != 2) {
 			t.Errorf("%+v: succeeded %v with %d results, want %v", tc.c, res.succeeded, len(res.ops), tc.want)
 		}
@@ -71,7 +71,7 @@ func TestApplyTxnPicksTheBranch(t *testing.T) {
 	res := applyOp(keys, 11, &op{kind: opTxn, txn: &txn{
 		compares: []compare{{key: "k", target: cmpExists, op: cmpEqual, num: 1}, {key: "k", target: cmpVersion, op: cmpEqual, num: 9}},
 		failure:  []op{{kind: opPut, key: "k", value: "x"}, {kind: opGet, key: "k"}, {kind: opDelete, key: "k"}},
-	}})
+	}}, nil)
 	if res.succeeded || res.ops[1].prev.value != "x" || res.ops[1].prev.mod != 11 || res.ops[2].deleted != 1 || keys.Len() != 0 {
 		t.Fatalf("failure branch: %+v", res)
 	}

@@ -153,8 +153,18 @@ func appendString(dst []byte, s string) []byte {
 // whole entry before the first call, so a bad record anywhere means no op
 // of the entry is applied.
 func decodeOps(data []byte, fn func(*op)) error {
+	_, err := decodeOpsWith(data, nil, fn)
+	return err
+}
+
+// decodeOpsWith is decodeOps decoding into buf's array, which it returns
+// (grown, and cleared) for the next call: the apply goroutine decodes every
+// entry, and a slice of ops per entry was a tenth of what a replay
+// allocates. fn must not keep the *op it is handed.
+func decodeOpsWith(data []byte, buf []op, fn func(*op)) ([]op, error) {
 	d := decoder{buf: data}
-	var ops []op
+	ops := buf[:0]
+	defer func() { clear(ops) }() // the array outlives the call: drop what it points to
 	for len(d.buf) > 0 && d.err == nil {
 		var o op
 		o.kind = opKind(d.byte())
@@ -163,12 +173,12 @@ func decodeOps(data []byte, fn func(*op)) error {
 		ops = append(ops, o)
 	}
 	if d.err != nil {
-		return fmt.Errorf("record %d: %w", len(ops), d.err)
+		return ops, fmt.Errorf("record %d: %w", len(ops), d.err)
 	}
 	for i := range ops {
 		fn(&ops[i])
 	}
-	return nil
+	return ops, nil
 }
 
 func (d *decoder) opFields(o *op, topLevel bool) {

@@ -20,48 +20,88 @@ type event struct {
 // watcher that falls behind the window's start learns it and must list
 // again. Safe for concurrent use; appended to only by the apply goroutine.
 type watchHub struct {
-	mu     sync.Mutex // guards everything below
-	events []event    // oldest first; whole indexes only
+	mu sync.Mutex // guards everything below
+	// ring holds the window, whole indexes only: n events, the oldest at
+	// head, in order from there (wrapping). It grows by doubling up to
+	// limit and is then reused in place. (A slice appended to at the end
+	// and cut at the front moved to a new array every few thousand
+	// events: an eighth of a replay's apply, most of it faulting in the
+	// fresh pages.)
+	ring    []event
+	head, n int
 	// start: every event with an index above it is in the window; a watch
 	// from an index below it cannot be served.
 	start uint64
 	last  uint64 // the applied index the window is current to
 	limit int    // events kept (--watch-history)
-	// wake is closed and replaced whenever last advances.
-	wake chan struct{}
+	// wake is closed and replaced whenever last advances, if since has
+	// handed it out (taken): a new channel per applied entry was most of
+	// what publish allocated, and mostly nobody watches.
+	wake  chan struct{}
+	taken bool
 }
 
 func newWatchHub(limit int) *watchHub {
 	return &watchHub{limit: limit, wake: make(chan struct{})}
 }
 
+// at is the window's i-th event, oldest first. h.mu is held.
+func (h *watchHub) at(i int) *event { return &h.ring[(h.head+i)%len(h.ring)] }
+
 // publish adds the events of one applied index (there may be none) and
 // moves the window on to it, dropping the oldest whole indexes beyond the
-// limit.
+// limit. An index with more events than the limit empties the window.
 func (h *watchHub) publish(index uint64, evs []event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if index <= h.last {
 		return
 	}
-	h.events = append(h.events, evs...)
-	if over := len(h.events) - h.limit; over > 0 {
-		cut := over
-		// Drop whole indexes: a watcher's cursor is an index.
-		for cut < len(h.events) && h.events[cut].index == h.events[cut-1].index {
-			cut++
+	if len(evs) > h.limit {
+		h.dropOldest(h.n)
+		h.start = index
+	} else {
+		if over := h.n + len(evs) - h.limit; over > 0 {
+			h.dropOldest(over)
 		}
-		h.start = h.events[cut-1].index
-		// Reslice rather than copy: copying the whole window on every
-		// applied entry cost a quarter of a loaded leader's CPU. append
-		// moves the live events to a new array only when this one is
-		// full, a copy per ~window/4 events; until then the array still
-		// holds up to that many dropped events.
-		h.events = h.events[cut:]
+		if need := h.n + len(evs); need > len(h.ring) {
+			h.grow(min(max(need, 2*len(h.ring), 64), h.limit))
+		}
+		for _, e := range evs {
+			*h.at(h.n) = e
+			h.n++
+		}
 	}
 	h.last = index
-	close(h.wake)
-	h.wake = make(chan struct{})
+	h.wakeAll()
+}
+
+// dropOldest drops at least k of the oldest events, and the rest of the
+// last index it reaches: a watcher's cursor is an index. h.mu is held.
+func (h *watchHub) dropOldest(k int) {
+	for i := 0; h.n > 0 && (i < k || h.at(0).index == h.start); i++ {
+		h.start = h.at(0).index
+		*h.at(0) = event{} // let the item go
+		h.head = (h.head + 1) % len(h.ring)
+		h.n--
+	}
+}
+
+// grow moves the window to a ring of size c. h.mu is held.
+func (h *watchHub) grow(c int) {
+	ring := make([]event, c)
+	for i := range h.n {
+		ring[i] = *h.at(i)
+	}
+	h.ring, h.head = ring, 0
+}
+
+// wakeAll wakes whoever waits on wake. h.mu is held.
+func (h *watchHub) wakeAll() {
+	if h.taken {
+		close(h.wake)
+		h.wake, h.taken = make(chan struct{}), false
+	}
 }
 
 // reset empties the window at a restored snapshot's index: nothing before
@@ -69,9 +109,8 @@ func (h *watchHub) publish(index uint64, evs []event) {
 func (h *watchHub) reset(index uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.events, h.start, h.last = nil, index, index
-	close(h.wake)
-	h.wake = make(chan struct{})
+	h.ring, h.head, h.n, h.start, h.last = nil, 0, 0, index, index
+	h.wakeAll()
 }
 
 // since returns up to most events after index that match, whole indexes
@@ -86,18 +125,20 @@ func (h *watchHub) since(index uint64, match func(key string) bool, most int) (e
 		return nil, h.start, nil, false
 	}
 	upTo = max(index, h.last)
-	for i, e := range h.events {
+	for i := range h.n {
+		e := h.at(i)
 		if e.index <= index {
 			continue
 		}
 		if len(evs) >= most && e.index != evs[len(evs)-1].index {
-			upTo = h.events[i-1].index
+			upTo = h.at(i - 1).index
 			break
 		}
 		if match(e.it.key) {
-			evs = append(evs, e)
+			evs = append(evs, *e)
 		}
 	}
+	h.taken = true
 	return evs, upTo, h.wake, true
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
@@ -58,6 +59,62 @@ func TestWatchHubWindow(t *testing.T) {
 	h.reset(100)
 	if _, oldest, _, ok := h.since(99, all, 100); ok || oldest != 100 {
 		t.Fatalf("after reset: ok %v oldest %d", ok, oldest)
+	}
+}
+
+// TestWatchHubMatchesModel publishes random runs of events and checks the
+// window against the rule it keeps: the newest whole indexes that fit in
+// the limit (none if the newest index alone does not), every one of their
+// events, in order, with the oldest watchable index just before them. The
+// ring wraps and grows on the way; a reset comes now and then.
+func TestWatchHubMatchesModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	for _, limit := range []int{1, 3, 7, 64, 100, 300} {
+		h := newWatchHub(limit)
+		var all []event // the model: every event since the last reset
+		start, index := uint64(0), uint64(0)
+		for step := range 3000 {
+			if rng.IntN(500) == 0 {
+				index += 10
+				h.reset(index)
+				all, start = nil, index
+				continue
+			}
+			index++
+			var evs []event
+			n := rng.IntN(4)
+			if rng.IntN(8) == 0 { // a large txn or delete-prefix now and then
+				n = rng.IntN(limit + 3)
+			}
+			for k := range n {
+				if rng.IntN(4) > 0 { // and some indexes have none
+					evs = append(evs, event{index: index, it: &item{key: fmt.Sprint(index, "/", k)}})
+				}
+			}
+			h.publish(index, evs)
+			all = append(all, evs...)
+			for len(all) > limit {
+				first := all[0].index
+				for len(all) > 0 && all[0].index == first {
+					all = all[1:]
+				}
+				start = first
+			}
+			got, upTo, _, ok := h.since(start, func(string) bool { return true }, 1<<30)
+			if !ok || upTo != index || len(got) != len(all) {
+				t.Fatalf("limit %d step %d: since(%d) = %d events up to %d ok %v; want %d up to %d", limit, step, start, len(got), upTo, ok, len(all), index)
+			}
+			for i := range got {
+				if got[i] != all[i] {
+					t.Fatalf("limit %d step %d: event %d is %+v, want %+v", limit, step, i, got[i], all[i])
+				}
+			}
+			if start > 0 {
+				if _, oldest, _, ok := h.since(start-1, func(string) bool { return true }, 1); ok || oldest != start {
+					t.Fatalf("limit %d step %d: since(%d) ok %v oldest %d, want the window to start at %d", limit, step, start-1, ok, oldest, start)
+				}
+			}
+		}
 	}
 }
 
