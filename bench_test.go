@@ -89,7 +89,7 @@ var tree1M = sync.OnceValue(func() keyTree {
 	keys := newKeyTree()
 	v := strings.Repeat("v", 100)
 	for i := range 1_000_000 {
-		keys.Put(&item{key: fmt.Sprintf("key-%07d", i), value: v, create: uint64(i + 1), mod: uint64(i + 1), version: 1})
+		keys.Put(testItem(fmt.Sprintf("key-%07d", i), v, uint64(i+1), uint64(i+1), 1))
 	}
 	return keys
 })
@@ -110,7 +110,7 @@ func BenchmarkSnapshotClone1M(b *testing.B) {
 func BenchmarkSnapshotEncode(b *testing.B) {
 	keys := newKeyTree()
 	for i := range 100000 {
-		keys.Put(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
+		keys.Put(testItem("key-"+strconv.Itoa(i), strings.Repeat("v", 100), 1, 1, 1))
 	}
 	st := &snapshotState{index: 1, members: map[uint64]string{1: "http://127.0.0.1:1"}, keys: keys}
 	b.ResetTimer()
@@ -141,7 +141,7 @@ func BenchmarkApply(b *testing.B) {
 			keys := tree1M().Clone()
 			ops := make([]*op, 4096)
 			for i := range ops {
-				ops[i] = bc.op(i)
+				ops[i] = decoded(bc.op(i)) // as apply gets them, from a record
 			}
 			b.ResetTimer()
 			for i := range b.N {
@@ -206,7 +206,7 @@ func BenchmarkEntryCodec(b *testing.B) {
 func BenchmarkSnapshotDecode(b *testing.B) {
 	keys := newKeyTree()
 	for i := range 100000 {
-		keys.Put(&item{key: "key-" + strconv.Itoa(i), value: strings.Repeat("v", 100), create: 1, mod: 1, version: 1})
+		keys.Put(testItem("key-"+strconv.Itoa(i), strings.Repeat("v", 100), 1, 1, 1))
 	}
 	data := encodeSnapshot(&snapshotState{index: 1, members: map[uint64]string{1: "http://127.0.0.1:1"}, keys: keys})
 	b.SetBytes(int64(len(data)))
@@ -260,7 +260,7 @@ func BenchmarkHandler(b *testing.B) {
 // entry once the window is full (--watch-history at its default).
 func BenchmarkWatchPublish(b *testing.B) {
 	h := newWatchHub(10000)
-	it := &item{key: "k", value: "v"}
+	it := testItem("k", "v", 0, 0, 0)
 	for i := range uint64(20000) {
 		h.publish(i+1, []event{{index: i + 1, it: it}})
 	}
@@ -303,4 +303,13 @@ func BenchmarkReplay1M(b *testing.B) {
 	for i := range b.N {
 		s.apply(next(ents[i%len(ents)]))
 	}
+}
+
+// decoded is o after a trip through its record, as apply gets it.
+func decoded(o *op) *op {
+	var out *op
+	if err := decodeOps(appendOp(nil, o), func(d *op) { c := *d; out = &c }); err != nil {
+		panic(err)
+	}
+	return out
 }

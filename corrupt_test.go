@@ -176,7 +176,7 @@ func TestProcessOrphanSnapshotIsNotUsed(t *testing.T) {
 	const n = 80 // with --snapshot-count 50: a snapshot near 50
 	c, _, snapdir := writeAndStop(t, n)
 	keys := newKeyTree()
-	keys.Put(&item{key: "orphan", value: "x", create: 1, mod: 1, version: 1})
+	keys.Put(testItem("orphan", "x", 1, 1, 1))
 	st := &snapshotState{index: 1 << 20, members: map[uint64]string{1: c.peers[0]}, keys: keys}
 	md := &raftpb.SnapshotMetadata{Index: new(uint64(1 << 20)), Term: new(uint64(1)), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}
 	orphan := filepath.Join(snapdir, fmt.Sprintf("%016x-%016x.snap", 1, 1<<20))
@@ -232,7 +232,7 @@ func TestProcessRestartReadsTheWALFromTheNewestSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 	keys := newKeyTree()
-	keys.Put(&item{key: "orphan", value: "x", create: 1, mod: 1, version: 1})
+	keys.Put(testItem("orphan", "x", 1, 1, 1))
 	at := index + 10 // committed: n writes end well past the newest snapshot
 	st := &snapshotState{index: at, members: map[uint64]string{1: c.peers[0]}, keys: keys}
 	md := &raftpb.SnapshotMetadata{Index: new(at), Term: new(term), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}

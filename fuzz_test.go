@@ -69,8 +69,8 @@ func FuzzDecodeOps(f *testing.F) {
 
 func seedSnapshots() [][]byte {
 	keys := newKeyTree()
-	keys.Put(&item{key: "a", value: "1", create: 3, mod: 5, version: 2})
-	keys.Put(&item{key: "b/\x00", value: "", create: 4, mod: 4, version: 1})
+	keys.Put(testItem("a", "1", 3, 5, 2))
+	keys.Put(testItem("b/\x00", "", 4, 4, 1))
 	full := encodeSnapshot(&snapshotState{index: 9, members: map[uint64]string{1: "http://127.0.0.1:12379", 2: "http://127.0.0.1:22379"},
 		removed: map[uint64]bool{3: true}, keys: keys})
 	empty := encodeSnapshot(&snapshotState{index: 1, members: map[uint64]string{1: "http://a:1"}, removed: map[uint64]bool{}, keys: newKeyTree()})

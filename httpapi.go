@@ -216,8 +216,8 @@ func (h *httpAPI) get(w http.ResponseWriter, r *http.Request, key string) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(it.value)))
-	io.WriteString(w, it.value)
+	w.Header().Set("Content-Length", strconv.Itoa(len(it.value())))
+	io.WriteString(w, it.value())
 }
 
 func (h *httpAPI) put(w http.ResponseWriter, r *http.Request, key string) {

@@ -52,9 +52,9 @@ type kvJSON struct {
 }
 
 func toJSON(it *item, withValue bool) *kvJSON {
-	j := &kvJSON{Key: it.key, CreateIndex: it.create, ModIndex: it.mod, Version: it.version}
+	j := &kvJSON{Key: it.key(), CreateIndex: it.create, ModIndex: it.mod, Version: it.version}
 	if withValue {
-		v := it.value
+		v := it.value()
 		if utf8.ValidString(v) {
 			j.Value = &v
 		} else {
@@ -150,8 +150,8 @@ func (h *httpAPI) getV1(w http.ResponseWriter, r *http.Request, key string) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("Content-Length", strconv.Itoa(len(it.value)))
-	io.WriteString(w, it.value)
+	w.Header().Set("Content-Length", strconv.Itoa(len(it.value())))
+	io.WriteString(w, it.value())
 }
 
 // condition turns If-Match and If-None-Match into a compare, or nil.
@@ -347,7 +347,7 @@ func (h *httpAPI) list(w http.ResponseWriter, r *http.Request) {
 		reply.KVs = append(reply.KVs, toJSON(it, values))
 	}
 	if more {
-		reply.After = items[len(items)-1].key
+		reply.After = items[len(items)-1].key()
 	}
 	w.Header().Set("X-Raft-Index", strconv.FormatUint(index, 10))
 	writeJSON(w, http.StatusOK, reply)
@@ -615,7 +615,7 @@ type eventJSON struct {
 
 func toEventJSON(e event) eventJSON {
 	if e.deleted {
-		return eventJSON{Type: "delete", Index: e.index, kvJSON: kvJSON{Key: e.it.key, ModIndex: e.index}}
+		return eventJSON{Type: "delete", Index: e.index, kvJSON: kvJSON{Key: e.it.key(), ModIndex: e.index}}
 	}
 	return eventJSON{Type: "put", Index: e.index, kvJSON: *toJSON(e.it, true)}
 }

@@ -45,13 +45,13 @@ func slotLess(a, b keySlot) bool {
 	if a.lo != b.lo {
 		return a.lo < b.lo
 	}
-	return a.it.key < b.it.key
+	return a.it.key() < b.it.key()
 }
 
 // slotFor returns the slot of it (or, for a lookup, of a key).
 func slotFor(it *item) keySlot {
 	var b [16]byte
-	copy(b[:], it.key)
+	copy(b[:], it.kv[:it.klen])
 	return keySlot{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), it: it}
 }
 
@@ -60,7 +60,7 @@ func newKeyTree() keyTree { return keyTree{btree.NewG(32, slotLess)} }
 func (k keyTree) Len() int       { return k.t.Len() }
 func (k keyTree) Clone() keyTree { return keyTree{k.t.Clone()} }
 func (k keyTree) Get(key string) *item {
-	s, _ := k.t.Get(slotFor(&item{key: key}))
+	s, _ := k.t.Get(slotFor(probe(key)))
 	return s.it
 }
 
@@ -87,7 +87,7 @@ func (k keyTree) putSorted(items []*item) {
 
 // Delete removes key and returns its item (nil if it was absent).
 func (k keyTree) Delete(key string) *item {
-	s, _ := k.t.Delete(slotFor(&item{key: key}))
+	s, _ := k.t.Delete(slotFor(probe(key)))
 	return s.it
 }
 
@@ -99,7 +99,7 @@ func (k keyTree) Ascend(fn func(*item) bool) {
 // AscendFrom calls fn for the items whose keys are at least start, in key
 // order, until fn returns false.
 func (k keyTree) AscendFrom(start string, fn func(*item) bool) {
-	k.t.AscendGreaterOrEqual(slotFor(&item{key: start}), func(s keySlot) bool { return fn(s.it) })
+	k.t.AscendGreaterOrEqual(slotFor(probe(start)), func(s keySlot) bool { return fn(s.it) })
 }
 
 // ascendPrefix calls fn for the keys that start with prefix and sort after
@@ -110,6 +110,6 @@ func ascendPrefix(keys keyTree, prefix, after string, fn func(*item) bool) {
 		start = after + "\x00" // the least key greater than after
 	}
 	keys.AscendFrom(start, func(it *item) bool {
-		return strings.HasPrefix(it.key, prefix) && fn(it)
+		return strings.HasPrefix(it.key(), prefix) && fn(it)
 	})
 }

@@ -40,20 +40,20 @@ func TestKeyTreeMatchesSortedStrings(t *testing.T) {
 		switch rng.IntN(4) {
 		case 0, 1:
 			v := strings.Repeat("v", i%5)
-			prev := keys.Put(&item{key: k, value: v})
-			if old, ok := want[k]; ok != (prev != nil) || (ok && prev.value != old) {
+			prev := keys.Put(testItem(k, v, 0, 0, 0))
+			if old, ok := want[k]; ok != (prev != nil) || (ok && prev.value() != old) {
 				t.Fatalf("Put(%q) replaced %+v; the key held %q (present %v)", k, prev, old, ok)
 			}
 			want[k] = v
 		case 2:
 			prev := keys.Delete(k)
-			if _, ok := want[k]; ok != (prev != nil) || (ok && prev.key != k) {
+			if _, ok := want[k]; ok != (prev != nil) || (ok && prev.key() != k) {
 				t.Fatalf("Delete(%q) removed %+v; present %v", k, prev, ok)
 			}
 			delete(want, k)
 		case 3:
 			it := keys.Get(k)
-			if v, ok := want[k]; ok != (it != nil) || (ok && (it.key != k || it.value != v)) {
+			if v, ok := want[k]; ok != (it != nil) || (ok && (it.key() != k || it.value() != v)) {
 				t.Fatalf("Get(%q) = %+v; want %q (present %v)", k, it, v, ok)
 			}
 		}
@@ -65,7 +65,7 @@ func TestKeyTreeMatchesSortedStrings(t *testing.T) {
 	inOrder := func(tr keyTree) []string {
 		var got []string
 		tr.Ascend(func(it *item) bool {
-			got = append(got, it.key)
+			got = append(got, it.key())
 			return true
 		})
 		return got
@@ -82,7 +82,7 @@ func TestKeyTreeMatchesSortedStrings(t *testing.T) {
 		start := randKey()
 		var got []string
 		keys.AscendFrom(start, func(it *item) bool {
-			got = append(got, it.key)
+			got = append(got, it.key())
 			return len(got) < 10
 		})
 		i, _ := slices.BinarySearch(sorted, start)
@@ -93,7 +93,7 @@ func TestKeyTreeMatchesSortedStrings(t *testing.T) {
 		prefix := start[:len(start)/2]
 		var under []string
 		ascendPrefix(keys, prefix, "", func(it *item) bool {
-			under = append(under, it.key)
+			under = append(under, it.key())
 			return true
 		})
 		var wantUnder []string

@@ -47,13 +47,31 @@ type raftCalls interface {
 
 // item is one key's state. Items are never changed in place: trees cloned
 // for a snapshot share them.
+//
+// The key and the value are one string, one allocation: an item of two
+// strings took 56 bytes (a 64-byte object) and its key a third object.
+// Now it is 48 bytes and one object fewer to allocate and to mark: a
+// restored 1M-key store is 16 MB smaller, and a put makes two objects,
+// not three (BenchmarkReplay1M).
 type item struct {
-	key     string
-	value   string
+	kv      string // the key, then the value
+	klen    uint32 // the key's length (keys are at most 1 MiB, --max-key-bytes)
 	create  uint64 // raft index of the put that created the key
 	mod     uint64 // raft index of its last put
 	version uint64 // puts since it was created: 1 after the first
 }
+
+func (it *item) key() string   { return it.kv[:it.klen] }
+func (it *item) value() string { return it.kv[it.klen:] }
+
+// newItem is key's item with value, at version 1, created and last put at
+// index.
+func newItem(key, value string, index uint64) *item {
+	return &item{kv: key + value, klen: uint32(len(key)), create: index, mod: index, version: 1}
+}
+
+// probe is an item holding only key, to look it up.
+func probe(key string) *item { return &item{kv: key, klen: uint32(len(key))} }
 
 // result is what applying one record did, for the request that proposed it.
 type result struct {
@@ -349,7 +367,10 @@ func applyOne(keys keyTree, index uint64, o *op) opResult {
 		// completed after it is in the tree, which is the one place an item
 		// changes: no clone and no reader can see it yet (apply holds
 		// kvstore.mu, and clones are taken under it too).
-		next := &item{key: o.key, value: o.value, create: index, mod: index, version: 1}
+		next := &item{kv: o.kv, klen: uint32(len(o.key)), create: index, mod: index, version: 1}
+		if len(o.kv) != len(o.key)+len(o.value) { // not decoded from a record
+			next.kv = o.key + o.value
+		}
 		prev := keys.Put(next)
 		if prev != nil {
 			next.create, next.version = prev.create, prev.version+1
@@ -368,7 +389,7 @@ func applyOne(keys keyTree, index uint64, o *op) opResult {
 			return true
 		})
 		for _, it := range gone {
-			keys.Delete(it.key)
+			keys.Delete(it.key())
 		}
 		r.deleted, r.gone = len(gone), gone
 	case opGet:
@@ -383,7 +404,7 @@ func (c *compare) holds(cur *item) bool {
 	if c.target == cmpValue {
 		v := ""
 		if cur != nil {
-			v = cur.value
+			v = cur.value()
 		}
 		return compareOrdered(v, c.value, c.op)
 	}

@@ -15,10 +15,10 @@ func TestApplyOpKeepsMetadata(t *testing.T) {
 	put := func(index uint64, k, v string) opResult {
 		return applyOp(keys, index, &op{kind: opPut, key: k, value: v}, nil).ops[0]
 	}
-	if r := put(5, "a", "1"); r.prev != nil || *r.cur != (item{key: "a", value: "1", create: 5, mod: 5, version: 1}) {
+	if r := put(5, "a", "1"); r.prev != nil || *r.cur != (*testItem("a", "1", 5, 5, 1)) {
 		t.Fatalf("create: %+v", r)
 	}
-	if r := put(9, "a", "2"); r.prev.value != "1" || *r.cur != (item{key: "a", value: "2", create: 5, mod: 9, version: 2}) {
+	if r := put(9, "a", "2"); r.prev.value() != "1" || *r.cur != (*testItem("a", "2", 5, 9, 2)) {
 		t.Fatalf("update: %+v %+v", r.prev, r.cur)
 	}
 	put(10, "ab", "x")
@@ -29,7 +29,7 @@ func TestApplyOpKeepsMetadata(t *testing.T) {
 	if r := applyOp(keys, 13, &op{kind: opDelete, key: "a"}, nil).ops[0]; r.deleted != 0 || r.prev != nil {
 		t.Fatalf("delete of an absent key: %+v", r)
 	}
-	if r := put(14, "a", "3"); *r.cur != (item{key: "a", value: "3", create: 14, mod: 14, version: 1}) {
+	if r := put(14, "a", "3"); *r.cur != (*testItem("a", "3", 14, 14, 1)) {
 		t.Fatalf("recreate after delete starts over: %+v", r.cur)
 	}
 	if r := applyOp(keys, 15, &op{kind: opDeletePrefix, key: "a"}, nil).ops[0]; r.deleted != 2 || keys.Len() != 1 {
@@ -72,7 +72,7 @@ func TestApplyTxnPicksTheBranch(t *testing.T) {
 		compares: []compare{{key: "k", target: cmpExists, op: cmpEqual, num: 1}, {key: "k", target: cmpVersion, op: cmpEqual, num: 9}},
 		failure:  []op{{kind: opPut, key: "k", value: "x"}, {kind: opGet, key: "k"}, {kind: opDelete, key: "k"}},
 	}}, nil)
-	if res.succeeded || res.ops[1].prev.value != "x" || res.ops[1].prev.mod != 11 || res.ops[2].deleted != 1 || keys.Len() != 0 {
+	if res.succeeded || res.ops[1].prev.value() != "x" || res.ops[1].prev.mod != 11 || res.ops[2].deleted != 1 || keys.Len() != 0 {
 		t.Fatalf("failure branch: %+v", res)
 	}
 }
@@ -119,4 +119,9 @@ func TestMembershipChangeProposedAgain(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the change was never answered")
 	}
+}
+
+// testItem is key's item with value and the given indexes and version.
+func testItem(key, value string, create, mod, version uint64) *item {
+	return &item{kv: key + value, klen: uint32(len(key)), create: create, mod: mod, version: version}
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
+	"strings"
 )
 
 // Entry encoding: a normal raft entry holds one or more op records back to
@@ -59,10 +61,13 @@ func (k opKind) String() string {
 
 // op is one decoded record: a change to apply, or a read inside a txn.
 type op struct {
-	kind   opKind
-	reqID  uint64 // 0 inside a txn
-	key    string // the prefix for deletePrefix
-	value  string // memberAttrs: the client URL
+	kind  opKind
+	reqID uint64 // 0 inside a txn
+	key   string // the prefix for deletePrefix
+	value string // memberAttrs: the client URL
+	// kv is a decoded put's key and value in one string (key and value are
+	// its two parts), for the item to keep; empty for an op not decoded.
+	kv     string
 	member uint64 // memberAttrs: whose attributes
 	txn    *txn
 }
@@ -184,8 +189,7 @@ func decodeOpsWith(data []byte, buf []op, fn func(*op)) ([]op, error) {
 func (d *decoder) opFields(o *op, topLevel bool) {
 	switch o.kind {
 	case opPut:
-		o.key = d.bytes()
-		o.value = d.bytes()
+		o.kv, o.key, o.value = d.pair()
 	case opDelete, opDeletePrefix:
 		o.key = d.bytes()
 	case opGet:
@@ -283,6 +287,30 @@ func (d *decoder) bytes() string {
 	s := string(d.buf[:n])
 	d.buf = d.buf[n:]
 	return s
+}
+
+// pair reads two strings (a put's key and value) into one allocation,
+// both, and returns it with its two parts.
+func (d *decoder) pair() (both, first, second string) {
+	n1 := d.uvarint()
+	if d.err != nil || n1 > uint64(len(d.buf)) || n1 > math.MaxUint32 {
+		d.fail()
+		return "", "", ""
+	}
+	k := d.buf[:n1]
+	d.buf = d.buf[n1:]
+	n2 := d.uvarint()
+	if d.err != nil || n2 > uint64(len(d.buf)) {
+		d.fail()
+		return "", "", ""
+	}
+	var b strings.Builder
+	b.Grow(int(n1 + n2))
+	b.Write(k)
+	b.Write(d.buf[:n2])
+	d.buf = d.buf[n2:]
+	both = b.String()
+	return both, both[:n1], both[n1:]
 }
 
 func (d *decoder) fail() { d.failWith(errors.New("truncated record")) }

@@ -42,8 +42,8 @@ func TestOpCodecRoundTrip(t *testing.T) {
 		if in[i].kind == opTxn && len(in[i].txn.compares) == 0 {
 			in[i].txn.compares, in[i].txn.success, in[i].txn.failure = nil, nil, nil
 		}
-		if !reflect.DeepEqual(in[i], out[i]) {
-			t.Errorf("record %d: got %+v want %+v", i, out[i], in[i])
+		if want := withKV(in[i]); !reflect.DeepEqual(want, out[i]) {
+			t.Errorf("record %d: got %+v want %+v", i, out[i], want)
 		}
 	}
 	if err := decodeOps(nil, func(*op) { t.Error("called for empty data") }); err != nil {
@@ -69,7 +69,7 @@ func TestFirstReleasePutRecordDecodes(t *testing.T) {
 	if err := decodeOps(rec, func(o *op) { got = append(got, *o) }); err != nil {
 		t.Fatal(err)
 	}
-	if want := (op{kind: opPut, reqID: 300, key: "key", value: "value"}); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+	if want := (op{kind: opPut, reqID: 300, key: "key", value: "value", kv: "keyvalue"}); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
 		t.Fatalf("got %+v", got)
 	}
 }
@@ -96,4 +96,26 @@ func TestUnknownOpStopsTheEntry(t *testing.T) {
 			t.Errorf("%s: %v, want errUnknownOp", name, err)
 		}
 	}
+}
+
+// withKV is o as the decoder hands it out: a put's key and value also in
+// one string, kv.
+func withKV(o op) op {
+	if o.kind == opPut {
+		o.kv = o.key + o.value
+	}
+	if o.txn != nil {
+		t := *o.txn
+		for _, branch := range []*[]op{&t.success, &t.failure} {
+			if *branch != nil {
+				b := make([]op, len(*branch))
+				for i, sub := range *branch {
+					b[i] = withKV(sub)
+				}
+				*branch = b
+			}
+		}
+		o.txn = &t
+	}
+	return o
 }

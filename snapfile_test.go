@@ -19,11 +19,11 @@ import (
 // checksum included, and damage to it is caught.
 func TestSnapFileIsReadByEtcdSnap(t *testing.T) {
 	keys := newKeyTree()
-	keys.Put(&item{key: "a", value: "1", create: 3, mod: 5, version: 2})
-	keys.Put(&item{key: "big", value: strings.Repeat("v", 3*snapshotChunk+7), create: 6, mod: 6, version: 1})
+	keys.Put(testItem("a", "1", 3, 5, 2))
+	keys.Put(testItem("big", strings.Repeat("v", 3*snapshotChunk+7), 6, 6, 1))
 	for i := range 5000 {
 		k := "k" + strings.Repeat("x", i%40)
-		keys.Put(&item{key: k + string(rune('a'+i%26)) + string(rune(i)), value: strings.Repeat("y", i%300), create: uint64(i), mod: uint64(i + 1), version: 1})
+		keys.Put(testItem(k+string(rune('a'+i%26))+string(rune(i)), strings.Repeat("y", i%300), uint64(i), uint64(i+1), 1))
 	}
 	st := &snapshotState{index: 1 << 40, members: map[uint64]string{1: "http://127.0.0.1:1", 2: "http://127.0.0.1:2"},
 		removed: map[uint64]bool{3: true}, clients: map[uint64]string{1: "http://127.0.0.1:3"}, keys: keys}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"math/bits"
 	"slices"
 	"strings"
@@ -58,7 +59,7 @@ func snapshotSize(st *snapshotState) int64 {
 	}
 	n += uvarintLen(uint64(st.keys.Len()))
 	st.keys.Ascend(func(it *item) bool {
-		n += stringLen(it.key) + stringLen(it.value) + uvarintLen(it.create) + uvarintLen(it.mod) + uvarintLen(it.version)
+		n += stringLen(it.key()) + stringLen(it.value()) + uvarintLen(it.create) + uvarintLen(it.mod) + uvarintLen(it.version)
 		return true
 	})
 	return n
@@ -103,18 +104,18 @@ func writeSnapshot(w io.Writer, st *snapshotState) error {
 	}
 	b = binary.AppendUvarint(b, uint64(st.keys.Len()))
 	st.keys.Ascend(func(it *item) bool {
-		if len(it.key)+len(it.value) > snapshotChunk {
+		if len(it.kv) > snapshotChunk {
 			// A large value goes straight to w rather than through b.
 			flush(true)
-			b = appendString(b, it.key)
-			b = binary.AppendUvarint(b, uint64(len(it.value)))
+			b = appendString(b, it.key())
+			b = binary.AppendUvarint(b, uint64(len(it.value())))
 			flush(true)
 			if err == nil {
-				_, err = io.WriteString(w, it.value)
+				_, err = io.WriteString(w, it.value())
 			}
 		} else {
-			b = appendString(b, it.key)
-			b = appendString(b, it.value)
+			b = appendString(b, it.key())
+			b = appendString(b, it.value())
 		}
 		b = binary.AppendUvarint(b, it.create)
 		b = binary.AppendUvarint(b, it.mod)
@@ -168,8 +169,8 @@ func readSnapshot(r io.Reader, size int64) (*snapshotState, error) {
 	n := d.count()
 	sorted := make([]*item, 0, min(n, uint64(d.left)/5)) // v2 on: in key order; an item takes at least 5 bytes
 	for ; n > 0 && d.err == nil; n-- {
-		key, value := d.pair()
-		it := &item{key: key, value: value, create: st.index, mod: st.index, version: 1}
+		kv, klen := d.pair()
+		it := &item{kv: kv, klen: klen, create: st.index, mod: st.index, version: 1}
 		if v1 { // its keys are in no order
 			if d.err == nil {
 				st.keys.Put(it)
@@ -177,8 +178,8 @@ func readSnapshot(r io.Reader, size int64) (*snapshotState, error) {
 			continue
 		}
 		it.create, it.mod, it.version = d.uvarint(), d.uvarint(), d.uvarint()
-		if len(sorted) > 0 && it.key <= sorted[len(sorted)-1].key {
-			d.failWith(fmt.Errorf("keys out of order at %q", it.key))
+		if len(sorted) > 0 && it.key() <= sorted[len(sorted)-1].key() {
+			d.failWith(fmt.Errorf("keys out of order at %q", it.key()))
 		}
 		if d.err == nil {
 			sorted = append(sorted, it)
@@ -249,20 +250,23 @@ func (d *snapDecoder) count() uint64 {
 
 func (d *snapDecoder) string() string { return d.fixed(int(min(d.count(), uint64(d.left)))) }
 
-// pair reads two strings (a key and its value) into one allocation: a
-// restore of 1M keys makes 1M fewer, and the two live and die together
-// (a put makes a new item with strings of its own).
-func (d *snapDecoder) pair() (string, string) {
+// pair reads two strings (a key and its value) into one allocation, an
+// item's kv, and returns it with the first one's length: a restore of 1M
+// keys makes 1M fewer allocations, and the two live and die together.
+func (d *snapDecoder) pair() (string, uint32) {
 	n1 := int(min(d.count(), uint64(d.left)))
+	if d.err == nil && n1 > math.MaxUint32 {
+		d.failWith(fmt.Errorf("a key of %d bytes", n1))
+	}
 	if d.err != nil {
-		return "", ""
+		return "", 0
 	}
 	var first []byte
 	if n1 <= d.r.Size() {
 		b, err := d.r.Peek(n1)
 		if err != nil {
 			d.truncated()
-			return "", ""
+			return "", 0
 		}
 		d.scratch = append(d.scratch[:0], b...) // Peek's bytes do not outlive the next read
 		first = d.scratch
@@ -274,16 +278,15 @@ func (d *snapDecoder) pair() (string, string) {
 	n2 := int(min(d.count(), uint64(d.left)))
 	if d.err != nil || int64(n2) > d.left {
 		d.truncated()
-		return "", ""
+		return "", 0
 	}
 	var sb strings.Builder
 	sb.Grow(n1 + n2)
 	sb.Write(first)
 	if !d.readInto(&sb, n2) {
-		return "", ""
+		return "", 0
 	}
-	both := sb.String()
-	return both[:n1], both[n1:]
+	return sb.String(), uint32(n1)
 }
 
 // fixed reads n bytes as a string: one allocation, whatever its length.

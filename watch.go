@@ -134,7 +134,7 @@ func (h *watchHub) since(index uint64, match func(key string) bool, most int) (e
 			upTo = h.at(i - 1).index
 			break
 		}
-		if match(e.it.key) {
+		if match(e.it.key()) {
 			evs = append(evs, *e)
 		}
 	}

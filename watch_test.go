@@ -19,7 +19,7 @@ func TestWatchHubWindow(t *testing.T) {
 	put := func(index uint64, keys ...string) {
 		var evs []event
 		for _, k := range keys {
-			evs = append(evs, event{index: index, it: &item{key: k, mod: index}})
+			evs = append(evs, event{index: index, it: testItem(k, "", 0, index, 0)})
 		}
 		h.publish(index, evs)
 	}
@@ -41,7 +41,7 @@ func TestWatchHubWindow(t *testing.T) {
 		t.Fatalf("since 1 after trimming: ok %v, oldest %d", ok, oldest)
 	}
 	evs, upTo, _, ok = h.since(2, keyMatcher("e", false), 100)
-	if !ok || len(evs) != 1 || evs[0].it.key != "e" || upTo != 5 {
+	if !ok || len(evs) != 1 || evs[0].it.key() != "e" || upTo != 5 {
 		t.Fatalf("since 2 for key e: %+v up to %d", evs, upTo)
 	}
 	_, _, wake, _ := h.since(5, all, 100)
@@ -88,7 +88,7 @@ func TestWatchHubMatchesModel(t *testing.T) {
 			}
 			for k := range n {
 				if rng.IntN(4) > 0 { // and some indexes have none
-					evs = append(evs, event{index: index, it: &item{key: fmt.Sprint(index, "/", k)}})
+					evs = append(evs, event{index: index, it: testItem(fmt.Sprint(index, "/", k), "", 0, 0, 0)})
 				}
 			}
 			h.publish(index, evs)
