@@ -64,12 +64,6 @@ type item struct {
 func (it *item) key() string   { return it.kv[:it.klen] }
 func (it *item) value() string { return it.kv[it.klen:] }
 
-// newItem is key's item with value, at version 1, created and last put at
-// index.
-func newItem(key, value string, index uint64) *item {
-	return &item{kv: key + value, klen: uint32(len(key)), create: index, mod: index, version: 1}
-}
-
 // probe is an item holding only key, to look it up.
 func probe(key string) *item { return &item{kv: key, klen: uint32(len(key))} }
 
