@@ -51,7 +51,7 @@ func slotLess(a, b keySlot) bool {
 // slotFor returns the slot of it (or, for a lookup, of a key).
 func slotFor(it *item) keySlot {
 	var b [16]byte
-	copy(b[:], it.kv[:it.klen])
+	copy(b[:], it.key())
 	return keySlot{hi: binary.BigEndian.Uint64(b[:8]), lo: binary.BigEndian.Uint64(b[8:]), it: it}
 }
 

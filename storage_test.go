@@ -171,7 +171,7 @@ func TestWALRecordsSnapshot(t *testing.T) {
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
-	segs, err := (&walEntries{dir: dir}).segments()
+	segs, err := walSegments(dir)
 	if err != nil || len(segs) < 4 {
 		t.Fatalf("want the entries spread over several segments; have %v (%v)", segs, err)
 	}

@@ -52,9 +52,9 @@ type walSegment struct {
 	index uint64
 }
 
-// segments lists the WAL's segment files in order.
-func (w *walEntries) segments() ([]walSegment, error) {
-	names, err := fileutil.ReadDir(w.dir)
+// walSegments lists the segment files of the WAL in dir, in order.
+func walSegments(dir string) ([]walSegment, error) {
+	names, err := fileutil.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -67,7 +67,7 @@ func (w *walEntries) segments() ([]walSegment, error) {
 		if _, err := fmt.Sscanf(name, "%016x-%016x.wal", &seq, &index); err != nil {
 			continue
 		}
-		segs = append(segs, walSegment{path: filepath.Join(w.dir, name), index: index})
+		segs = append(segs, walSegment{path: filepath.Join(dir, name), index: index})
 	}
 	return segs, nil
 }
@@ -234,7 +234,7 @@ func walRecordsSnapshot(dir string, index, term uint64) bool {
 // is sequence order) to the last: all of them if none is named at most
 // index.
 func segmentsFrom(dir string, index uint64) ([]walSegment, error) {
-	segs, err := (&walEntries{dir: dir}).segments()
+	segs, err := walSegments(dir)
 	if err != nil {
 		return nil, err
 	}
