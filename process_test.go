@@ -410,6 +410,9 @@ func TestProcessPausedMembersServeNoStaleReads(t *testing.T) {
 // its data, catch up and serve every acknowledged write. The failpoints hold
 // the ready loop at the crash point, so no later WAL write can make up for a
 // missing sync:
+//   - snapshot-received: the snapshot's file is saved (rafthttp streams
+//     it to disk) and checked, raft has not seen it: the member restarts
+//     on what it had, removes the file, and the leader sends it again.
 //   - snapshot-install-acked: after it told the leader it holds the
 //     snapshot. Before the fix it then panicked at every start:
 //     "tocommit(N) is out of range [lastIndex(M)]".
@@ -424,6 +427,7 @@ func TestProcessKillDuringSnapshotInstallBootsAgain(t *testing.T) {
 		failpoint, restartLog string
 		orStartsOnIt          bool // starting on the installed snapshot also passes
 	}{
+		{"snapshot-received", "removed a snapshot file received from a leader but not installed", false},
 		{"snapshot-install-acked@500ms", "replayed wal", false},
 		{"snapshot-install-before-sync", "snapshot file is newer than the wal's durable state", true},
 	} {

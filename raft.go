@@ -18,6 +18,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	stats "go.etcd.io/etcd/server/v3/etcdserver/api/v2stats"
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/raft/v3"
@@ -105,9 +106,11 @@ type raftNode struct {
 	readStateC chan raft.ReadState    // ReadIndex answers from readyLoop to readLoop
 	readSeq    atomic.Uint64          // makes every ReadIndex request context unique
 
-	// fetchC asks fetchLoop to read a snapshot file back for raft to send
-	// (capacity 1: raft's goroutine never waits on it).
-	fetchC chan *raftpb.SnapshotMetadata
+	// snapshotter is where rafthttp saves a snapshot file sent by the
+	// leader (snapsend.go); received is the last such file that Process
+	// found sound, for the ready loop to install.
+	snapshotter *snap.Snapshotter
+	received    atomic.Pointer[snapFileLayout]
 
 	stopc    chan struct{} // closed by stop: every goroutine below returns
 	removedC chan struct{} // closed when a peer tells us we were removed
@@ -137,14 +140,12 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		proposeC:    proposeC,
 		commitC:     make(chan *commit, 64),
 		raftStorage: newLogStorage(cfg.logWindow),
-		fetchC:      make(chan *raftpb.SnapshotMetadata, 1),
 		readReqC:    make(chan chan<- readResult, 1024),
 		readStateC:  make(chan raft.ReadState, 64),
 		stopc:       make(chan struct{}),
 		removedC:    make(chan struct{}),
 	}
 	rc.stopCtx, rc.cancelStop = context.WithCancel(context.Background())
-	rc.raftStorage.fetch = rc.fetchSnapshot
 	if err := mkdirDurable(cfg.snapdir); err != nil {
 		return nil, fmt.Errorf("create snapshot dir %s: %w", cfg.snapdir, err)
 	}
@@ -157,6 +158,10 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		}
 		return nil, err
 	}
+	// With the WAL locked, no other process can be receiving into the
+	// snapshot dir: what a leader sent before a crash goes.
+	removeReceivedLeftovers(lg, cfg.snapdir, 0, true)
+	rc.snapshotter = snap.New(lg, cfg.snapdir)
 	rc.raftStorage.setDisk(&walEntries{dir: cfg.waldir})
 	return rc, nil
 }
@@ -205,6 +210,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		LeaderStats:        stats.NewLeaderStats(rc.lg, strconv.FormatUint(rc.cfg.id, 10)),
 		ErrorC:             make(chan error, 1),
 		DialRetryFrequency: rate.Every(100 * time.Millisecond),
+		Snapshotter:        rc.snapshotter,
 	}
 	if err := rc.transport.Start(); err != nil {
 		return fmt.Errorf("start peer transport: %w", err)
@@ -224,9 +230,8 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		}
 	}()
 
-	rc.wg.Add(4)
+	rc.wg.Add(3)
 	go func() { defer rc.wg.Done(); rc.readyLoop() }()
-	go func() { defer rc.wg.Done(); rc.fetchLoop() }()
 	go func() { defer rc.wg.Done(); rc.proposeLoop() }()
 	go func() { defer rc.wg.Done(); rc.readLoop() }()
 	return nil
@@ -313,12 +318,14 @@ func (rc *raftNode) readyLoop() {
 			// after Advance, i.e. once they are on disk. Followers must persist
 			// before they acknowledge.
 			if isLeader {
-				rc.transport.Send(rc.prepareMessages(rd.Messages))
+				rc.sendMessages(rd.Messages)
 			}
 			var snapToApply *raftpb.Snapshot
+			var snapFile *snapFileLayout
 			if !raft.IsEmptySnap(rd.Snapshot) {
 				rc.snapMu.Lock()
-				if err := rc.persistSnapshot(rd.Snapshot.GetMetadata(), bytesBody(rd.Snapshot.GetData())); err != nil {
+				var err error
+				if snapFile, err = rc.persistReceivedSnapshot(rd.Snapshot); err != nil {
 					rc.lg.Fatal("cannot persist the snapshot sent by the leader", zap.Error(err))
 				}
 				snapToApply = rd.Snapshot
@@ -357,7 +364,7 @@ func (rc *raftNode) readyLoop() {
 				rc.lg.Fatal("append to raft log", zap.Error(err))
 			}
 			if !isLeader {
-				rc.transport.Send(rc.prepareMessages(rd.Messages))
+				rc.sendMessages(rd.Messages)
 			}
 			if snapToApply != nil {
 				failpoint("snapshot-install-acked")
@@ -384,7 +391,7 @@ func (rc *raftNode) readyLoop() {
 			if advanced {
 				rc.node.Advance()
 			}
-			if !rc.publish(snapToApply, rd.CommittedEntries, leaderChanged) {
+			if !rc.publish(snapToApply, snapFile, rd.CommittedEntries, leaderChanged) {
 				return
 			}
 			if n := len(rd.CommittedEntries); n > 0 {
@@ -403,11 +410,11 @@ func (rc *raftNode) readyLoop() {
 // publish hands committed entries to the state machine. When they include a
 // membership change it waits for the apply, so raft's view of the membership
 // is current before it accepts the next change.
-func (rc *raftNode) publish(snapshot *raftpb.Snapshot, ents []*raftpb.Entry, leaderChanged bool) bool {
+func (rc *raftNode) publish(snapshot *raftpb.Snapshot, file *snapFileLayout, ents []*raftpb.Entry, leaderChanged bool) bool {
 	if snapshot == nil && len(ents) == 0 && !leaderChanged {
 		return true
 	}
-	c := &commit{snapshot: snapshot, entries: ents, leaderChanged: leaderChanged}
+	c := &commit{snapshot: snapshot, snapshotFile: file, entries: ents, leaderChanged: leaderChanged}
 	if hasConfChange(ents) {
 		c.applied = make(chan struct{})
 	}
@@ -483,43 +490,6 @@ func (rc *raftNode) saveSnapshot(index uint64, cs *raftpb.ConfState, body snapsh
 	}
 	rc.releaseWAL(index)
 	return nil
-}
-
-// fetchSnapshot asks fetchLoop to read the newest snapshot's file back,
-// for raft to send to a follower. Called on raft's goroutine: never blocks.
-func (rc *raftNode) fetchSnapshot(md *raftpb.SnapshotMetadata) {
-	select {
-	case rc.fetchC <- md:
-	default: // a read is already asked for; raft asks again
-	}
-}
-
-// fetchLoop reads snapshot files that raft wants to send. Raft is told the
-// snapshot is temporarily unavailable until the data is there, and asks
-// again at the next heartbeat response.
-func (rc *raftNode) fetchLoop() {
-	var failed uint64 // the index whose file last failed to read: warn once
-	for {
-		var md *raftpb.SnapshotMetadata
-		select {
-		case md = <-rc.fetchC:
-		case <-rc.stopc:
-			return
-		}
-		if d := rc.raftStorage.sent.Load(); d != nil && d.index == md.GetIndex() {
-			continue
-		}
-		path := rc.snapName(md.GetTerm(), md.GetIndex())
-		data, err := readSnapData(path, md)
-		if err != nil {
-			if failed != md.GetIndex() {
-				failed = md.GetIndex()
-				rc.lg.Warn("cannot read the snapshot file to send it to a follower; the follower stays behind until a newer snapshot or another leader", zap.String("path", path), zap.Error(err))
-			}
-			continue
-		}
-		rc.raftStorage.keepForSending(md.GetIndex(), data)
-	}
 }
 
 // proposeLoop feeds proposals to raft, packing every write waiting in
@@ -709,6 +679,12 @@ func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
 		t.Store(now)
 		rc.heard.Store(m.GetFrom(), t)
 	}
+	if m.GetType() == raftpb.MsgSnap {
+		if err := rc.checkReceivedSnapshot(m); err != nil {
+			return err
+		}
+		failpoint("snapshot-received")
+	}
 	return rc.node.Step(ctx, m)
 }
 
@@ -725,7 +701,6 @@ func (rc *raftNode) ReportUnreachable(id uint64) {
 	rc.node.ReportUnreachable(id)
 }
 func (rc *raftNode) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
-	rc.raftStorage.dropSent()
 	rc.node.ReportSnapshot(id, status)
 }
 

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"slices"
 	"sync"
-	"sync/atomic"
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
@@ -32,8 +31,7 @@ import (
 //
 // Every method is safe to call from any goroutine: raft calls Entries,
 // Term and the index getters on its own; readyLoop appends and evicts; the
-// snapshot goroutine creates snapshots and compacts. mu guards all fields
-// but sent and fetch.
+// snapshot goroutine creates snapshots and compacts. mu guards all fields.
 type logStorage struct {
 	mu   sync.Mutex
 	hard *raftpb.HardState
@@ -61,14 +59,6 @@ type logStorage struct {
 	// disk reads entries older than mem back from the WAL; nil until the
 	// WAL is open (before that, nothing is evicted).
 	disk entryReader
-
-	// sent is the snapshot data read back for sending, if any. Read by
-	// raft's goroutine (Snapshot), stored by raftNode.fetchLoop, dropped by
-	// the transport (ReportSnapshot) and by a newer snapshot.
-	sent atomic.Pointer[snapData]
-	// fetch asks for the file of the snapshot md to be read, without
-	// blocking; set before raft starts.
-	fetch func(md *raftpb.SnapshotMetadata)
 }
 
 // entryReader reads the entries [lo, hi) back from disk, each only if its
@@ -370,7 +360,6 @@ func (s *logStorage) applySnapshot(snap *raftpb.Snapshot) error {
 		s.disk.forget()
 	}
 	s.mu.Unlock()
-	s.dropSent()
 	return nil
 }
 
@@ -393,7 +382,6 @@ func (s *logStorage) createSnapshot(index uint64, cs *raftpb.ConfState) error {
 	s.snap = raftpb.EnsureSnapshotMetadata(md)
 	s.compactEvicted()
 	s.mu.Unlock()
-	s.dropSent()
 	return nil
 }
 

@@ -22,10 +22,9 @@ import (
 // snappb.Snapshot, three times the state at once for a file written once.
 // writeSnapFile streams it instead. Protobuf lets fields come in any order,
 // so the crc goes last, once the body has passed through the hash, and the
-// lengths come first from the state machine's exact size. snap.Read (used
-// at start, and to send a snapshot to a follower) reads these files as it
-// reads etcd's own, and so does a Snapshotter that falls back past a
-// damaged one.
+// lengths come first from the state machine's exact size. etcd's snap.Read
+// reads these files as it reads its own, and so does a Snapshotter that
+// falls back past a damaged one.
 
 var snapCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -383,26 +382,4 @@ func (l *snapFileLayout) decode() (*snapshotState, error) {
 		return nil, fmt.Errorf("%s: %w", l.path, err)
 	}
 	return st, nil
-}
-
-// readSnapData checks the snapshot file at path, which must hold md's
-// snapshot, and returns its state's encoding (for a follower).
-func readSnapData(path string, md *raftpb.SnapshotMetadata) ([]byte, error) {
-	l, err := readSnapFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if l.md.GetIndex() != md.GetIndex() || l.md.GetTerm() != md.GetTerm() {
-		return nil, fmt.Errorf("the file holds the snapshot at index %d, term %d", l.md.GetIndex(), l.md.GetTerm())
-	}
-	r, closeFile, err := l.open()
-	if err != nil {
-		return nil, err
-	}
-	defer closeFile()
-	data := make([]byte, l.dataLen)
-	if _, err := io.ReadFull(r, data); err != nil {
-		return nil, fmt.Errorf("read snapshot file %s: %w", path, err)
-	}
-	return data, nil
 }

@@ -485,6 +485,12 @@ func (rc *raftNode) persistSnapshot(md *raftpb.SnapshotMetadata, body snapshotBo
 	if err := writeSnapFile(rc.snapName(md.GetTerm(), md.GetIndex()), md, body); err != nil {
 		return err
 	}
+	return rc.recordSnapshot(md)
+}
+
+// recordSnapshot makes the snapshot file for md, in place, durable, then
+// records the snapshot in the WAL, synced. Caller holds snapMu.
+func (rc *raftNode) recordSnapshot(md *raftpb.SnapshotMetadata) error {
 	failpoint("snapshot-file-saved")
 	if err := syncDir(rc.cfg.snapdir); err != nil {
 		return fmt.Errorf("make the new snapshot file durable: %w", err)
@@ -504,6 +510,7 @@ func (rc *raftNode) releaseWAL(index uint64) {
 	}
 	purgeWALFiles(rc.lg, rc.cfg.waldir, walFilesKept)
 	purgeSnapFiles(rc.lg, rc.cfg.snapdir, index, snapFilesKept)
+	removeReceivedLeftovers(rc.lg, rc.cfg.snapdir, index, false)
 	// Not needed for safety (a purged file that comes back after a power
 	// cut is older than what the WAL uses), but it keeps such files from
 	// piling up and confusing an operator.

@@ -9,13 +9,16 @@
 # of the size that makes the next one due (45 % of that snapshot, of the
 # 50 % that triggers it), and member 1 killed (SIGKILL), so the restart
 # replays the longest log it can; then the same log after a graceful stop
-# (SIGTERM), which writes a snapshot first.
+# (SIGTERM), which writes a snapshot first; last, a fourth member added,
+# which the leader sends its newest snapshot (a file of about the store's
+# size), timed to the newcomer's first linearizable read, with the peak RSS
+# of the leader and of the newcomer meanwhile.
 #
 #	bash bench/bigdata.sh            # 1,000,000 keys; about 9 minutes here
 #	KEYS=200000 bash bench/bigdata.sh
 #	RESTARTS=4 bash bench/bigdata.sh # restart member 1 four times over
 #
-# Ports 32001-32003 (peers) and 32101-32103 (clients) must be free.
+# Ports 32001-32004 (peers) and 32101-32104 (clients) must be free.
 # Linux only (/proc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +37,7 @@ mkdir -p "$D"
 CL=http://127.0.0.1:32001,http://127.0.0.1:32002,http://127.0.0.1:32003
 EP=http://127.0.0.1:32101,http://127.0.0.1:32102,http://127.0.0.1:32103
 start() {
-	"$WORK/raftexample" --id "$1" --cluster $CL --port "3210$1" --data-dir "$D" --log-level info >>"$D/log$1" 2>&1 &
+	"$WORK/raftexample" --id "$1" --cluster $CL --port "3210$1" --data-dir "$D" --log-level info "${@:2}" >>"$D/log$1" 2>&1 &
 	echo $!
 }
 firstRead() { # seconds until member $1 answers a linearizable read (at most 20)
@@ -110,5 +113,19 @@ done
 echo "member 1's log since its newest snapshot: $((since / 1000000)) MB (snapshot $((size / 1000000)) MB)"
 restart1 " on that log" KILL
 restart1 " on that log (it writes a snapshot before it stops)" TERM
-kill "${P[1]}" "${P[2]}" "${P[3]}"
+lead=$(curl -sf http://127.0.0.1:32101/v1/members | grep -o '"leader":[0-9]*' | head -1 | cut -d: -f2)
+before=$(awk '/VmRSS/{printf "%.0f", $2/1024}' "/proc/${P[$lead]}/status")
+curl -sf -XPOST http://127.0.0.1:32101/4 -d http://127.0.0.1:32004 >/dev/null
+CL=$CL,http://127.0.0.1:32004
+P[4]=$(start 4 --join)
+(while kill -0 "${P[4]}" 2>/dev/null; do
+	echo "$(awk '/VmRSS/{print $2}' "/proc/${P[$lead]}/status" 2>/dev/null || echo 0) $(awk '/VmRSS/{print $2}' "/proc/${P[4]}/status" 2>/dev/null || echo 0)"
+	sleep 0.05
+done) >"$D/rss4.txt" &
+sampler=$!
+t=$(firstRead 4)
+sleep 1
+kill $sampler
+awk -v t="$t" -v b="$before" -v raw=$raw '$1>l {l=$1} $2>n {n=$2} END {printf "member 4 added: first linearizable read after %s s; peak RSS meanwhile: the leader %.0f MiB (%.1f× raw; %s MiB before), member 4 %.0f MiB (%.1f× raw)\n", t, l/1024, l*1024/raw, b, n/1024, n*1024/raw}' "$D/rss4.txt"
+kill "${P[1]}" "${P[2]}" "${P[3]}" "${P[4]}"
 wait 2>/dev/null || true

@@ -120,6 +120,7 @@ func crashPoints() []Nemesis {
 		&crashPoint{point: "snapshot-saved-before-release", hits: 1},
 		&crashPoint{point: "apply-before-reply", hits: 60},
 		&crashPoint{point: "conf-change-applied", hits: 1, prepare: changeMembers()},
+		&snapshotInstall{failpoint: "snapshot-received"},
 		&snapshotInstall{failpoint: "snapshot-install-before-sync"},
 		&snapshotInstall{failpoint: "snapshot-install-before-release"},
 		&snapshotInstall{failpoint: "snapshot-install-acked"},
