@@ -16,8 +16,8 @@ import (
 
 // A snapshot travels between members as its file, never as one block of
 // memory. With 1M keys the file is some 300 MB: held whole, it took a
-// leader sending it to 1.25 GiB and the member receiving it to 1.05 GiB
-// (4.5× and 3.8× the raw data).
+// leader sending it to 1.2 GiB and the member receiving it to 0.9–1.05 GiB
+// (4.7× and 3.5–4.2× the raw keys and values; README, Performance).
 //
 // The leader: raft's storage hands raft only the snapshot's metadata
 // (logStorage.Snapshot), so raft's MsgSnap carries no data; sendMessages
