@@ -165,3 +165,51 @@ func waitNoLeader(t *testing.T, c *Cluster, id uint64) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// An add whose answer is lost still starts the new member when the cluster
+// has it: member 1, asked first, applies the change and dies before it
+// answers (its failpoint), and the cluster is then four voters with two
+// down, so nothing commits again until the new member runs.
+func TestAddNodeWhoseAnswerIsLost(t *testing.T) {
+	bin, err := Build(t.TempDir(), false, "failpoints")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c, err := Start(ctx, Options{Binary: bin, Dir: t.TempDir(), Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Leader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(1); err != nil {
+		t.Fatal(err)
+	}
+	crashed := c.WatchLog(1, "failpoint conf-change-applied reached")
+	// The fourth: a restart applies the three that formed the cluster again.
+	if err := c.RestartArmed(ctx, 1, "conf-change-applied#4"); err != nil {
+		t.Fatal(err)
+	}
+	id, err := c.AddNode(ctx)
+	if err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	select {
+	case <-crashed:
+	default:
+		t.Fatal("member 1 did not die at its failpoint")
+	}
+	if s := c.State(id); s != Running {
+		t.Fatalf("member %d is %v, not running", id, s)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for put(t, c.ClientURL(2), "after", "1") != http.StatusNoContent {
+		if time.Now().After(deadline) {
+			t.Fatal("members 2, 3 and the new one take no writes")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

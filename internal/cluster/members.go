@@ -64,6 +64,16 @@ func (c *Cluster) addNode(ctx context.Context, learner bool) (uint64, error) {
 			n.state = Removed
 			in.cutAll()
 			c.mu.Unlock()
+		} else if c.inMembership(ctx, id) {
+			// The answer was lost (the member asked crashed, or the
+			// cluster lost its quorum by the very member it added), but
+			// the change took effect: a voter left stopped would hold
+			// the cluster one failure from losing its quorum.
+			c.Logf("adding member %d: %v; but the cluster has it, so it is started", id, err)
+			if err := c.launch(n); err != nil {
+				return 0, err
+			}
+			return id, c.waitServing(ctx, n)
 		}
 		return 0, fmt.Errorf("cluster: add member %d: %w", id, err)
 	}
@@ -195,6 +205,34 @@ func (c *Cluster) Promote(ctx context.Context, id uint64) error {
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("cluster: promote member %d: not promoted in time (last: %v)", id, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// inMembership reports whether a running member lists id among the members
+// it has applied, asking for up to 5 s.
+func (c *Cluster) inMembership(ctx context.Context, id uint64) bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		for _, m := range c.IDs(Running) {
+			if m == id {
+				continue
+			}
+			st, err := c.Status(ctx, m)
+			if err != nil {
+				continue
+			}
+			for _, x := range st.Members {
+				if x.ID == id {
+					return true
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return false
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
