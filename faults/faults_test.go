@@ -114,7 +114,7 @@ func TestFaults(t *testing.T) {
 		{name: "slow-network", nemeses: []string{"slow-network"}},
 		{name: "flaky-network", nemeses: []string{"flaky-network"}},
 		{name: "bridge", nemeses: []string{"bridge"}},
-		{name: "crash-points", nemeses: crashPoints, snapshotCount: 50, faultFor: 500 * time.Millisecond, healFor: 500 * time.Millisecond, minDuration: 45 * time.Second},
+		{name: "crash-points", nemeses: crashPoints, snapshotCount: 50, faultFor: 500 * time.Millisecond, healFor: 500 * time.Millisecond, minDuration: 70 * time.Second},
 		{name: "mixed", nemeses: mixed, snapshotCount: 200},
 	}
 	for _, sc := range scenarios {
