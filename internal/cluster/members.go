@@ -67,8 +67,9 @@ func (c *Cluster) addNode(ctx context.Context, learner bool) (uint64, error) {
 		} else if c.inMembership(ctx, id) {
 			// The answer was lost (the member asked crashed, or the
 			// cluster lost its quorum by the very member it added), but
-			// the change took effect: a voter left stopped would hold
-			// the cluster one failure from losing its quorum.
+			// the change took effect: a voter left stopped counts
+			// against the quorum, and with the member that crashed the
+			// cluster has none until the new one runs.
 			c.Logf("adding member %d: %v; but the cluster has it, so it is started", id, err)
 			if err := c.launch(n); err != nil {
 				return 0, err
