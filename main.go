@@ -38,6 +38,7 @@ type config struct {
 	dataDir         string
 	snapshotCount   uint64
 	logWindow       uint64
+	checkpointBytes uint64
 	tick            time.Duration
 	electionTicks   int
 	requestTimeout  time.Duration
@@ -68,6 +69,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	dataDir := fs.String("data-dir", ".", "directory holding raftexample-<id> (WAL) and raftexample-<id>-snap")
 	snapshotCount := fs.Uint64("snapshot-count", 10000, "applied entries between snapshots, at the least (a store past 4 MiB also waits until the log since the last snapshot holds half of it)")
 	logWindow := fs.Uint64("log-window-bytes", 8<<20, "bytes of applied raft log kept in memory for followers that are a little behind; older entries since the snapshot are read back from the WAL")
+	checkpointBytes := fs.Uint64("wal-checkpoint-bytes", 16<<20, "bytes of committed log between checkpoint records in the WAL; a restart holds at most about this much of the log in memory at once (0: none, the whole log since the snapshot)")
 	tick := fs.Int("tick", 100, "raft tick in milliseconds")
 	electionTicks := fs.Int("election-ticks", 10, "ticks without a leader before an election (heartbeat is 1 tick)")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for the cluster before 503")
@@ -114,7 +116,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 
 	cfg := config{
 		id: *id, port: *port, join: *join, listen: *listen, dataDir: *dataDir,
-		snapshotCount: *snapshotCount, logWindow: *logWindow, tick: time.Duration(*tick) * time.Millisecond,
+		snapshotCount: *snapshotCount, logWindow: *logWindow, checkpointBytes: *checkpointBytes, tick: time.Duration(*tick) * time.Millisecond,
 		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
@@ -298,8 +300,9 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 		waldir: base, snapdir: base + "-snap",
 		tick: cfg.tick, electionTicks: cfg.electionTicks,
 		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount, logWindow: cfg.logWindow,
-		expectHeap: cfg.expectHeap,
-		isRemoved:  members.isRemoved,
+		checkpointBytes: cfg.checkpointBytes,
+		expectHeap:      cfg.expectHeap,
+		isRemoved:       members.isRemoved,
 	}, proposeC)
 	if err != nil {
 		peerLn.Close()

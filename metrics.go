@@ -70,6 +70,10 @@ var (
 		Namespace: "raftexample", Name: "raft_log_memory_bytes",
 		Help: "Data bytes of the raft log entries held in memory: those not yet applied plus the window kept for followers.",
 	})
+	metricCheckpoints = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "wal_checkpoints_total",
+		Help: "Checkpoint records written to the WAL (--wal-checkpoint-bytes): a restart reads the log up to the newest one a record at a time.",
+	})
 	metricWatchers = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "raftexample", Name: "watchers",
 		Help: "Watches (long polls and streams) being served.",
@@ -83,7 +87,7 @@ var (
 func init() {
 	prometheus.MustRegister(metricRequests, metricProposals, metricProposalsPending, metricLeaderChanges,
 		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
-		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricWatchers, metricWatchEvents)
+		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricCheckpoints, metricWatchers, metricWatchEvents)
 }
 
 // proposalResult labels how a proposal ended.

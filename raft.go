@@ -54,6 +54,9 @@ type raftConfig struct {
 	// followers a little behind (--log-window-bytes); older ones are read
 	// back from the WAL.
 	logWindow uint64
+	// checkpointBytes is how much committed log goes between checkpoint
+	// records in the WAL (--wal-checkpoint-bytes, checkpoint.go); 0: none.
+	checkpointBytes uint64
 	// expectHeap, if set, is told how many bytes of snapshot and log a
 	// restart replays, before it is decoded (the GC tuner sizes the heap).
 	expectHeap func(encoded uint64)
@@ -93,6 +96,17 @@ type raftNode struct {
 	// startCommit is the commit index the WAL held at start: once it is
 	// applied, the member has replayed its own disk.
 	startCommit uint64
+	// startApplied is the index the state is at once the start's snapshot
+	// and replay are applied: startSnap's, or startReplay's end.
+	startApplied uint64
+	// startReplay, if not nil, is the log from startSnap up to a WAL
+	// checkpoint, which the ready loop reads back and applies before
+	// raft's first Ready (checkpoint.go).
+	startReplay *checkpointReplay
+	// cpBytes counts the entry bytes committed since the last WAL
+	// checkpoint; confIndex is the newest membership change committed.
+	// Ready loop only.
+	cpBytes, confIndex uint64
 	// diskState describes the WAL and snapshot files as found at start, for
 	// the log line of a raft panic (which most often means they lost data).
 	diskState string
@@ -175,7 +189,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		ElectionTick:    rc.cfg.electionTicks,
 		HeartbeatTick:   1,
 		Storage:         rc.raftStorage,
-		Applied:         rc.startSnap.index(),
+		Applied:         rc.startApplied,
 		MaxSizePerMsg:   1 << 20,
 		MaxInflightMsgs: 256,
 		// A follower far behind is sent entries read back from the WAL on
@@ -280,6 +294,9 @@ func (rc *raftNode) readyLoop() {
 		case <-rc.stopc:
 			return
 		}
+	}
+	if rc.startReplay != nil && !rc.replayCheckpointed(rc.startReplay) {
+		return
 	}
 	ticker := time.NewTicker(rc.cfg.tick)
 	defer ticker.Stop()
@@ -403,6 +420,7 @@ func (rc *raftNode) readyLoop() {
 			if !advanced {
 				rc.node.Advance()
 			}
+			rc.maybeCheckpoint(rd.CommittedEntries)
 		}
 	}
 }

@@ -399,6 +399,20 @@ func (s *logStorage) snapshotIndex() uint64 {
 	return s.snap.GetIndex()
 }
 
+// addOnDisk extends a log that ends at its snapshot with the entries up to
+// last, which are in the WAL, not in memory: runs gives their terms from
+// the snapshot's index on. Used at start, before raft runs.
+func (s *logStorage) addOnDisk(runs termRuns, last uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.last != s.compacted || len(s.mem) > 0 || len(runs) == 0 || runs[0].index > s.compacted || runs.at(s.compacted) != s.terms.at(s.compacted) {
+		return fmt.Errorf("entries up to %d from the wal do not follow the snapshot at %d", last, s.compacted)
+	}
+	s.terms = runs.trimFront(s.compacted)
+	s.last = last
+	return nil
+}
+
 // setDisk lets evicted entries be read back through d from now on.
 func (s *logStorage) setDisk(d entryReader) {
 	s.mu.Lock()

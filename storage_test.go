@@ -70,19 +70,12 @@ func TestCheckDiskNamesFilesAndIndexes(t *testing.T) {
 		return &raftNode{lg: zap.New(core), cfg: raftConfig{id: 3, waldir: filepath.Join(dir, "raftexample-3"), snapdir: filepath.Join(dir, "raftexample-3-snap")}}, logs
 	}
 	snapAt := func(i uint64) *walpb.Snapshot { return &walpb.Snapshot{Index: new(i), Term: new(uint64(2))} }
-	ents := func(from, to uint64) []*raftpb.Entry {
-		var es []*raftpb.Entry
-		for i := from; i <= to; i++ {
-			es = append(es, &raftpb.Entry{Index: new(i), Term: new(uint64(2))})
-		}
-		return es
-	}
 
 	t.Run("consistent", func(t *testing.T) {
 		rc, logs := newNode(t)
 		os.MkdirAll(rc.cfg.snapdir, 0o700)
 		writeSnapFiles(t, rc.cfg.snapdir, 100)
-		err := rc.checkDisk(snapAt(100), &raftpb.HardState{Commit: new(uint64(105))}, ents(101, 110), []*walpb.Snapshot{snapAt(0), snapAt(100)})
+		err := rc.checkDisk(snapAt(100), &raftpb.HardState{Commit: new(uint64(105))}, 110, []*walpb.Snapshot{snapAt(0), snapAt(100)})
 		if err != nil || logs.Len() != 0 {
 			t.Fatalf("err %v, %d log lines", err, logs.Len())
 		}
@@ -94,7 +87,7 @@ func TestCheckDiskNamesFilesAndIndexes(t *testing.T) {
 		rc, _ := newNode(t)
 		os.MkdirAll(rc.cfg.snapdir, 0o700)
 		writeSnapFiles(t, rc.cfg.snapdir, 50)
-		err := rc.checkDisk(snapAt(50), &raftpb.HardState{Commit: new(uint64(1000))}, ents(51, 60), []*walpb.Snapshot{snapAt(50)})
+		err := rc.checkDisk(snapAt(50), &raftpb.HardState{Commit: new(uint64(1000))}, 60, []*walpb.Snapshot{snapAt(50)})
 		if err == nil {
 			t.Fatal("accepted a hard state committing beyond the last entry")
 		}
@@ -111,7 +104,7 @@ func TestCheckDiskNamesFilesAndIndexes(t *testing.T) {
 		rc, logs := newNode(t)
 		os.MkdirAll(rc.cfg.snapdir, 0o700)
 		writeSnapFiles(t, rc.cfg.snapdir, 50, 1000)
-		err := rc.checkDisk(snapAt(50), &raftpb.HardState{Commit: new(uint64(60))}, ents(51, 60), []*walpb.Snapshot{snapAt(50)})
+		err := rc.checkDisk(snapAt(50), &raftpb.HardState{Commit: new(uint64(60))}, 60, []*walpb.Snapshot{snapAt(50)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -162,6 +155,11 @@ func TestWALRecordsSnapshot(t *testing.T) {
 		if err := w.Save(&raftpb.HardState{Term: new(uint64(3)), Commit: new(i)}, []*raftpb.Entry{e}); err != nil {
 			t.Fatal(err)
 		}
+		if i == 70 { // a checkpoint (checkpoint.go), recorded before the snapshot's file was done
+			if err := w.SaveSnapshot(&walpb.Snapshot{Index: new(uint64(60)), Term: new(uint64(3)), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if i == 90 {
 			if err := w.SaveSnapshot(&walpb.Snapshot{Index: new(uint64(30)), Term: new(uint64(3)), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}); err != nil {
 				t.Fatal(err)
@@ -193,7 +191,7 @@ func TestWALRecordsSnapshot(t *testing.T) {
 	for _, c := range []struct {
 		index, term uint64
 		want        bool
-	}{{30, 3, true}, {30, 2, false}, {29, 3, false}, {31, 3, false}, {95, 3, false}, {500, 3, false}} {
+	}{{30, 3, true}, {60, 3, true}, {30, 2, false}, {29, 3, false}, {31, 3, false}, {95, 3, false}, {500, 3, false}} {
 		if got := walRecordsSnapshot(dir, c.index, c.term); got != c.want {
 			t.Errorf("walRecordsSnapshot(index %d, term %d) = %v, want %v", c.index, c.term, got, c.want)
 		}

@@ -201,8 +201,9 @@ func readSegmentRecords(path string, fn func(*walpb.Record) bool) (done bool, er
 // walRecordsSnapshot reports whether the WAL in dir holds the record of
 // the snapshot at index and term. A snapshot's record is appended once its
 // file is written, after the entries up to its index: so it is looked for
-// from the segment that the log at index is in, and the search stops at
-// the first snapshot record at or past index. A WAL that cannot be read
+// from the segment that the log at index is in. Records past index may
+// come first (a checkpoint written while the file was being saved), so
+// the search goes on to the end if it must. A WAL that cannot be read
 // holds no such record, as far as this says.
 func walRecordsSnapshot(dir string, index, term uint64) bool {
 	segs, err := segmentsFrom(dir, index)
@@ -216,7 +217,7 @@ func walRecordsSnapshot(dir string, index, term uint64) bool {
 				return true
 			}
 			snap := &walpb.Snapshot{}
-			if proto.Unmarshal(rec.GetData(), snap) != nil || snap.GetIndex() < index {
+			if proto.Unmarshal(rec.GetData(), snap) != nil || snap.GetIndex() != index {
 				return true
 			}
 			found = snap.GetIndex() == index && snap.GetTerm() == term

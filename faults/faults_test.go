@@ -114,7 +114,7 @@ func TestFaults(t *testing.T) {
 		{name: "slow-network", nemeses: []string{"slow-network"}},
 		{name: "flaky-network", nemeses: []string{"flaky-network"}},
 		{name: "bridge", nemeses: []string{"bridge"}},
-		{name: "crash-points", nemeses: crashPoints, snapshotCount: 50, faultFor: 500 * time.Millisecond, healFor: 500 * time.Millisecond, minDuration: 70 * time.Second},
+		{name: "crash-points", nemeses: crashPoints, snapshotCount: 50, faultFor: 500 * time.Millisecond, healFor: 500 * time.Millisecond, minDuration: 80 * time.Second},
 		{name: "mixed", nemeses: mixed, snapshotCount: 200},
 	}
 	for _, sc := range scenarios {
@@ -185,6 +185,9 @@ func runScenario(t *testing.T, sc scenario) {
 		// A small in-memory log window: a member that falls behind (killed,
 		// partitioned, paused) is sent entries read back from the WAL.
 		LogWindowBytes: 4 << 10,
+		// WAL checkpoints every few entries: a member killed or cut off
+		// restarts from one, reading its log up to it back from the WAL.
+		CheckpointBytes: 2 << 10,
 	})
 	if err != nil {
 		r.fail("start: %v", err)

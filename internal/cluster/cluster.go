@@ -30,14 +30,15 @@ import (
 
 // Options describe a cluster. Zero values take the defaults noted.
 type Options struct {
-	Binary         string        // the raftexample binary (see Build); required
-	Dir            string        // data dirs, logs and events.log go here; required
-	Size           int           // initial members; default 3
-	SnapshotCount  uint64        // --snapshot-count; default: the server's
-	LogWindowBytes uint64        // --log-window-bytes; default: the server's
-	Tick           time.Duration // --tick; default 50ms
-	ElectionTicks  int           // --election-ticks; default 10
-	RequestTimeout time.Duration // --request-timeout; default 2s
+	Binary          string        // the raftexample binary (see Build); required
+	Dir             string        // data dirs, logs and events.log go here; required
+	Size            int           // initial members; default 3
+	SnapshotCount   uint64        // --snapshot-count; default: the server's
+	LogWindowBytes  uint64        // --log-window-bytes; default: the server's
+	CheckpointBytes uint64        // --wal-checkpoint-bytes; default: the server's
+	Tick            time.Duration // --tick; default 50ms
+	ElectionTicks   int           // --election-ticks; default 10
+	RequestTimeout  time.Duration // --request-timeout; default 2s
 	// PowerFS puts each member's data dir on a powerfs mount, so that
 	// PowerCut, StallDisk and FillDisk work on it. The data then lives in
 	// this process's memory; Close writes it out to the member's data dir
@@ -243,6 +244,9 @@ func (c *Cluster) args(n *member, ids []uint64, join bool) []string {
 	}
 	if c.opts.LogWindowBytes > 0 {
 		args = append(args, "--log-window-bytes", strconv.FormatUint(c.opts.LogWindowBytes, 10))
+	}
+	if c.opts.CheckpointBytes > 0 {
+		args = append(args, "--wal-checkpoint-bytes", strconv.FormatUint(c.opts.CheckpointBytes, 10))
 	}
 	if join {
 		args = append(args, "--join")

@@ -118,6 +118,7 @@ func crashPoints() []Nemesis {
 		&crashPoint{point: "wal-save-after", hits: 60},
 		&crashPoint{point: "snapshot-file-saved", hits: 1},
 		&crashPoint{point: "snapshot-saved-before-release", hits: 1},
+		&crashPoint{point: "wal-checkpoint-saved", hits: 5},
 		&crashPoint{point: "apply-before-reply", hits: 60},
 		&crashPoint{point: "conf-change-applied", hits: 1, prepare: changeMembers()},
 		&snapshotInstall{failpoint: "snapshot-received"},
