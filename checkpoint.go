@@ -26,7 +26,9 @@ import (
 // itself, a record at a time, and hands it to the state machine as it
 // goes (replayCheckpointed); it opens the WAL at X, so ReadAll holds only
 // what follows X; and raft starts with X applied, reading (s, X] back from
-// the WAL if a follower needs it, as it does for any evicted entry.
+// the WAL if a follower needs it, as it does for any evicted entry. On a
+// 1M-key member killed with 107 MB of log, the start's peak went from
+// 593-621 to 498-513 MiB, in about the same time (README, Performance).
 //
 // Why a checkpoint record is safe to start from:
 //   - every entry up to X is in the WAL before the record: X is committed,
