@@ -199,3 +199,59 @@ func TestEntryHeaderMatchesProto(t *testing.T) {
 		t.Error("a truncated entry decoded without an error")
 	}
 }
+
+// A WAL opened at a checkpoint does not lock the segments before it; a
+// snapshot older than the checkpoint must not purge them, since they hold
+// the log after that snapshot.
+func TestSnapshotBeforeTheCheckpointPurgesNoSegment(t *testing.T) {
+	dir := t.TempDir()
+	waldir := filepath.Join(dir, "wal")
+	w, err := wal.Create(zap.NewNop(), waldir, walMetadata(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pad := make([]byte, 100<<10) // a segment every ~20 entries
+	for i := uint64(1); i <= 200; i++ {
+		e := &raftpb.Entry{Index: new(i), Term: new(uint64(2)), Data: pad}
+		if err := w.Save(&raftpb.HardState{Term: new(uint64(2)), Commit: new(i)}, []*raftpb.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+		if i == 10 || i == 180 {
+			if err := w.SaveSnapshot(&walpb.Snapshot{Index: new(i), Term: new(uint64(2)), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	w.Close()
+	before, _ := walSegments(waldir)
+	if len(before) <= walFilesKept+2 {
+		t.Fatalf("want more than %d segments, have %d", walFilesKept+2, len(before))
+	}
+	w, err = wal.Open(zap.NewNop(), waldir, &walpb.Snapshot{Index: new(uint64(180)), Term: new(uint64(2))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := w.ReadAll(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	rc := &raftNode{lg: zap.NewNop(), cfg: raftConfig{waldir: waldir, snapdir: filepath.Join(dir, "snap")}, wal: w, startApplied: 180}
+	if err := os.Mkdir(rc.cfg.snapdir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rc.releaseWAL(100)
+	if after, _ := walSegments(waldir); len(after) != len(before) {
+		t.Fatalf("a snapshot at 100, before the checkpoint at 180, purged %d segments", len(before)-len(after))
+	}
+	sc, err := scanWAL(waldir, 100, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := streamWALEntries(waldir, 100, 180, sc.runs.at, 1<<30, func([]*raftpb.Entry) bool { return true }); err != nil {
+		t.Fatalf("the log after the snapshot, up to the checkpoint: %v", err)
+	}
+	rc.releaseWAL(190)
+	if after, _ := walSegments(waldir); len(after) >= len(before) {
+		t.Fatalf("a snapshot past the checkpoint purged nothing (%d segments)", len(after))
+	}
+}

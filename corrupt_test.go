@@ -233,7 +233,22 @@ func TestProcessRestartReadsTheWALFromTheNewestSnapshot(t *testing.T) {
 	}
 	keys := newKeyTree()
 	keys.Put(testItem("orphan", "x", 1, 1, 1))
-	at := index + 10 // committed: n writes end well past the newest snapshot
+	// An index that n writes committed, well past the newest snapshot, and
+	// that no record in the WAL names: a checkpoint record (checkpoint.go)
+	// at an index and term vouches for a file there as the snapshot's own
+	// record would (the index is committed and durable, and its state is
+	// the one state of the log up to it).
+	sc, err := scanWAL(filepath.Join(c.dir, "raftexample-1"), index, term)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := index + 10
+	for slices.ContainsFunc(sc.checkpoints, func(cp walCheckpoint) bool { return cp.index == at }) {
+		at++
+	}
+	if at > sc.last {
+		t.Fatalf("no index after %d without a record in the wal, up to %d", index, sc.last)
+	}
 	st := &snapshotState{index: at, members: map[uint64]string{1: c.peers[0]}, keys: keys}
 	md := &raftpb.SnapshotMetadata{Index: new(at), Term: new(term), ConfState: &raftpb.ConfState{Voters: []uint64{1}}}
 	body := snapshotBody{size: snapshotSize(st), write: func(w io.Writer) error { return writeSnapshot(w, st) }}

@@ -542,7 +542,14 @@ func (rc *raftNode) releaseWAL(index uint64) {
 	if err := rc.wal.ReleaseLockTo(index); err != nil {
 		rc.lg.Warn("release wal segments", zap.Error(err))
 	}
-	purgeWALFiles(rc.lg, rc.cfg.waldir, walFilesKept)
+	// Segments are purged when the open WAL no longer locks them. A WAL
+	// opened at a checkpoint (checkpoint.go) never locked the ones before
+	// it, which hold the log from the start's snapshot to the checkpoint:
+	// a snapshot taken before the checkpoint (while that log is read back
+	// at start) leaves part of it for raft's followers, and for a restart.
+	if index >= rc.startApplied {
+		purgeWALFiles(rc.lg, rc.cfg.waldir, walFilesKept)
+	}
 	purgeSnapFiles(rc.lg, rc.cfg.snapdir, index, snapFilesKept)
 	removeReceivedLeftovers(rc.lg, rc.cfg.snapdir, index, false)
 	// Not needed for safety (a purged file that comes back after a power
