@@ -76,7 +76,13 @@ func Schedule(ctx context.Context, c *cluster.Cluster, rng *rand.Rand, nemeses [
 		n := turns[0]
 		turns = turns[1:]
 		if err := n.Inject(ctx, c, rng); err != nil {
-			c.Logf("nemesis %s: not injected: %v", n.Name(), err)
+			if ctx.Err() != nil {
+				// The run's fault phase ended while it was being set up (a
+				// restart cut off by the deadline, not a member failing).
+				c.Logf("nemesis %s: cut short, the fault phase ended: %v", n.Name(), err)
+			} else {
+				c.Logf("nemesis %s: not injected: %v", n.Name(), err)
+			}
 		} else {
 			sleep(ctx, faultFor)
 		}
