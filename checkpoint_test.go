@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -184,15 +185,16 @@ func TestEntryHeaderMatchesProto(t *testing.T) {
 		{},
 		{Index: new(uint64(7))},
 		{Index: new(uint64(1 << 40)), Term: new(uint64(9)), Type: raftpb.EntryConfChangeV2.Enum(), Data: []byte("data")},
-		{Term: new(uint64(3)), Data: make([]byte, 300)},
+		{Term: new(uint64(3)), Data: bytes.Repeat([]byte("d"), 300)},
+		{Index: new(uint64(5)), Data: []byte{}},
 	} {
 		b, err := proto.Marshal(e)
 		if err != nil {
 			t.Fatal(err)
 		}
-		typ, term, index, err := entryHeader(b)
-		if err != nil || typ != e.GetType() || term != e.GetTerm() || index != e.GetIndex() {
-			t.Errorf("%v: got type %v term %d index %d (%v)", e, typ, term, index, err)
+		typ, term, index, data, err := entryFields(b)
+		if err != nil || typ != e.GetType() || term != e.GetTerm() || index != e.GetIndex() || !bytes.Equal(data, e.GetData()) {
+			t.Errorf("%v: got type %v term %d index %d data %q (%v)", e, typ, term, index, data, err)
 		}
 	}
 	if _, _, _, err := entryHeader([]byte{0x10}); err == nil {
