@@ -180,7 +180,7 @@ func TestScanWALStopsAtDamage(t *testing.T) {
 	}
 }
 
-func TestEntryHeaderMatchesProto(t *testing.T) {
+func TestEntryFieldsMatchProto(t *testing.T) {
 	for _, e := range []*raftpb.Entry{
 		{},
 		{Index: new(uint64(7))},
@@ -197,7 +197,7 @@ func TestEntryHeaderMatchesProto(t *testing.T) {
 			t.Errorf("%v: got type %v term %d index %d data %q (%v)", e, typ, term, index, data, err)
 		}
 	}
-	if _, _, _, err := entryHeader([]byte{0x10}); err == nil {
+	if _, _, _, _, err := entryFields([]byte{0x10}); err == nil {
 		t.Error("a truncated entry decoded without an error")
 	}
 }
