@@ -185,8 +185,9 @@ func (sc *walScan) newestCheckpoint() (walCheckpoint, bool) {
 }
 
 // entryFields decodes a raftpb.Entry; data is a part of b, not a copy. The
-// scan keeps only the type, term and index. The read-back makes its
-// entries with data: etcd's decoder has already copied each record twice
+// scan keeps only the type, term and index. logEntries (the read-back,
+// and raft's reads of evicted entries) makes its entries with data: etcd's
+// decoder has already copied each record twice
 // (its frame, then the record's data), and a third copy was more garbage
 // for the collector while the start applies the log
 // (BenchmarkWALCheckpointRead: 196 -> 161 MB allocated per 32 MiB of log;
@@ -233,16 +234,9 @@ func entryFields(b []byte) (typ raftpb.EntryType, term, index uint64, data []byt
 }
 
 // streamWALEntries reads the log's entries (from, to] back from the WAL in
-// order, each the record whose term is term(index) (the log matching rule:
-// an index and a term name one entry), and calls fn with them about
-// chunkBytes of data at a time, until fn returns false. It fails if any
-// entry is missing.
+// order (logEntries) and calls fn with them about chunkBytes of data at a
+// time, until fn returns false. It fails if any entry is missing.
 func streamWALEntries(dir string, from, to uint64, term func(uint64) uint64, chunkBytes uint64, fn func([]*raftpb.Entry) bool) error {
-	segs, err := segmentsFrom(dir, from+1)
-	if err != nil {
-		return fmt.Errorf("list wal segments: %w", err)
-	}
-	next := from + 1
 	var (
 		chunk []*raftpb.Entry
 		size  uint64
@@ -256,42 +250,17 @@ func streamWALEntries(dir string, from, to uint64, term func(uint64) uint64, chu
 		chunk, size = nil, 0
 		return ok
 	}
-	for _, s := range segs {
-		if next > to || stop {
-			break
+	next, err := logEntries(dir, from+1, term, func(e *raftpb.Entry) bool {
+		chunk = append(chunk, e)
+		size += uint64(len(e.GetData()))
+		if size >= chunkBytes && !flush() {
+			stop = true
+			return false
 		}
-		var decodeErr error
-		_, err := readSegmentRecords(s.path, func(rec *walpb.Record) bool {
-			if rec.GetType() != wal.EntryType {
-				return true
-			}
-			typ, t, index, data, err := entryFields(rec.GetData())
-			if err != nil {
-				decodeErr = err
-				return false
-			}
-			if index != next || t != term(index) {
-				return true // before from, or a record a later leader overwrote
-			}
-			e := &raftpb.Entry{Term: new(t), Index: new(index), Data: data}
-			if typ != raftpb.EntryNormal {
-				e.Type = typ.Enum()
-			}
-			chunk = append(chunk, e)
-			size += uint64(len(e.GetData()))
-			next++
-			if size >= chunkBytes && !flush() {
-				stop = true
-				return false
-			}
-			return next <= to
-		})
-		if decodeErr != nil {
-			return fmt.Errorf("%s: decode entry: %w", s.path, decodeErr)
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", s.path, err)
-		}
+		return e.GetIndex() < to
+	})
+	if err != nil {
+		return err
 	}
 	if stop {
 		return nil

@@ -109,63 +109,74 @@ func (w *walEntries) forget() { w.ahead = nil }
 // readSegments decodes the entries [lo, hi) from the segments, up to
 // maxSize bytes (at least one entry).
 func (w *walEntries) readSegments(lo, hi, maxSize uint64, term func(uint64) uint64) ([]*raftpb.Entry, error) {
-	segs, err := segmentsFrom(w.dir, lo)
-	if err != nil {
-		return nil, fmt.Errorf("list wal segments: %w", err)
-	}
-	if len(segs) == 0 || segs[0].index > lo {
-		return nil, fmt.Errorf("no wal segment in %s reaches back to index %d", w.dir, lo)
-	}
 	var (
 		ents []*raftpb.Entry
 		size uint64
 	)
-	next := lo
-	for _, s := range segs {
-		done, err := readSegmentEntries(s.path, func(e *raftpb.Entry) bool {
-			if e.GetIndex() != next || e.GetTerm() != term(next) {
-				return true // an overwritten record, or one before lo
-			}
-			size += uint64(proto.Size(e))
-			if len(ents) > 0 && size > maxSize {
-				return false
-			}
-			ents = append(ents, e)
-			next++
-			return next < hi
-		})
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", s.path, err)
-		}
-		if done {
-			return ents, nil
-		}
-	}
-	if len(ents) > 0 {
-		return ents, nil
-	}
-	return nil, fmt.Errorf("entry %d (term %d) not found in %s from %s on", lo, term(lo), w.dir, filepath.Base(segs[0].path))
-}
-
-// readSegmentEntries calls fn with each entry record of the segment at
-// path, in order, until fn returns false (then done is true) or the
-// records end.
-func readSegmentEntries(path string, fn func(*raftpb.Entry) bool) (done bool, err error) {
-	var decodeErr error
-	done, err = readSegmentRecords(path, func(rec *walpb.Record) bool {
-		if rec.GetType() != wal.EntryType {
-			return true
-		}
-		e := &raftpb.Entry{}
-		if decodeErr = proto.Unmarshal(rec.GetData(), e); decodeErr != nil {
+	_, err := logEntries(w.dir, lo, term, func(e *raftpb.Entry) bool {
+		size += uint64(proto.Size(e))
+		if len(ents) > 0 && size > maxSize {
 			return false
 		}
-		return fn(e)
+		ents = append(ents, e)
+		return e.GetIndex()+1 < hi
 	})
-	if decodeErr != nil {
-		return false, fmt.Errorf("decode entry in %s: %w", path, decodeErr)
+	if err != nil {
+		return nil, err
 	}
-	return done, err
+	if len(ents) == 0 {
+		return nil, fmt.Errorf("entry %d (term %d) not found in %s", lo, term(lo), w.dir)
+	}
+	return ents, nil
+}
+
+// logEntries calls fn with the log's entries from lo on, in order, until
+// fn returns false or the segments end: for each index, the record whose
+// term is term(index) (see walEntries), read from the segment that holds
+// the log at lo on. next is the index after the last entry fn was given.
+// An entry's data is part of the record etcd's decoder made
+// (entryFields), not another copy.
+func logEntries(dir string, lo uint64, term func(uint64) uint64, fn func(*raftpb.Entry) bool) (next uint64, err error) {
+	segs, err := segmentsFrom(dir, lo)
+	if err != nil {
+		return lo, fmt.Errorf("list wal segments: %w", err)
+	}
+	if len(segs) == 0 || segs[0].index > lo {
+		return lo, fmt.Errorf("no wal segment in %s reaches back to index %d", dir, lo)
+	}
+	next = lo
+	for _, s := range segs {
+		var decodeErr error
+		done, err := readSegmentRecords(s.path, func(rec *walpb.Record) bool {
+			if rec.GetType() != wal.EntryType {
+				return true
+			}
+			typ, t, index, data, err := entryFields(rec.GetData())
+			if err != nil {
+				decodeErr = err
+				return false
+			}
+			if index != next || t != term(index) {
+				return true // an overwritten record, or one before lo
+			}
+			e := &raftpb.Entry{Term: new(t), Index: new(index), Data: data}
+			if typ != raftpb.EntryNormal {
+				e.Type = typ.Enum()
+			}
+			next++
+			return fn(e)
+		})
+		if decodeErr != nil {
+			return next, fmt.Errorf("%s: decode entry: %w", s.path, decodeErr)
+		}
+		if err != nil {
+			return next, fmt.Errorf("%s: %w", s.path, err)
+		}
+		if done {
+			break
+		}
+	}
+	return next, nil
 }
 
 // readSegmentRecords calls fn with each record of the segment at path but
