@@ -63,8 +63,10 @@ func TestOutcomes(t *testing.T) {
 		c.Close()
 	}))
 	defer srv.Close()
-	if _, err := New(srv.URL, srv.Client()).Delete(ctx, "k"); !errors.As(err, &e) || e.Outcome != Unknown {
-		t.Errorf("connection lost after sending: %v", err)
+	for name, hc := range map[string]*http.Client{"net/http": srv.Client(), "Transport": nil} {
+		if _, err := New(srv.URL, hc).Delete(ctx, "k"); !errors.As(err, &e) || e.Outcome != Unknown {
+			t.Errorf("%s: connection lost after sending: %v", name, err)
+		}
 	}
 }
 
@@ -91,6 +93,13 @@ func TestRequestsAndAnswers(t *testing.T) {
 				w.Write([]byte(`{"deleted":1,"index":9}`))
 				return
 			}
+			if r.Method == http.MethodGet {
+				w.Header().Set("X-Create-Index", "3")
+				w.Header().Set("X-Mod-Index", "9")
+				w.Header().Set("X-Version", "2")
+				w.Write([]byte("v"))
+				return
+			}
 			w.Write([]byte(`{"key":"a b/c","value":"v","create_index":3,"mod_index":9,"version":2}`))
 		}
 	}))
@@ -98,7 +107,7 @@ func TestRequestsAndAnswers(t *testing.T) {
 	c := New(srv.URL, srv.Client())
 	ctx := context.Background()
 	kv, err := c.Get(ctx, "a b/c", true)
-	if err != nil || *kv.Value != "v" || kv.ModIndex != 9 {
+	if err != nil || kv.Key != "a b/c" || kv.Value == nil || *kv.Value != "v" || kv.ValueBase64 != nil || kv.CreateIndex != 3 || kv.ModIndex != 9 || kv.Version != 2 {
 		t.Fatalf("Get: %+v %v", kv, err)
 	}
 	if _, err := c.Put(ctx, "a b/c", "v", IfModIndex(9)); err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"time"
 
 	"raftexample/client"
 )
@@ -44,12 +43,12 @@ func errorKind(err error) string {
 // raftexampleTarget speaks the /v1 API through the client package.
 type raftexampleTarget struct {
 	c  *client.Client
-	tr *http.Transport
+	tr *client.Transport
 }
 
 // NewRaftexampleTarget speaks this project's /v1 API at endpoint.
 func NewRaftexampleTarget(endpoint string) Target {
-	tr := &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}
+	tr := &client.Transport{MaxIdlePerHost: 4}
 	return &raftexampleTarget{c: client.New(endpoint, &http.Client{Transport: tr}), tr: tr}
 }
 
