@@ -45,6 +45,14 @@ func TestOutcomes(t *testing.T) {
 			t.Errorf("%s read: %v", tc.name, err)
 		}
 	}
+	// A write answered 2xx took effect even if its answer cannot be read.
+	var e2 *Error
+	if _, err := answer(200, "not json").Put(ctx, "k", "v"); !errors.As(err, &e2) || e2.Outcome != Unknown {
+		t.Errorf("undecodable answer to a write: %v", err)
+	}
+	if _, err := answer(200, "not json").Status(ctx); !errors.As(err, &e2) || e2.Outcome != Refused {
+		t.Errorf("undecodable answer to a read: %v", err)
+	}
 	if _, err := answer(412, `{"error":"precondition_failed","message":"m"}`).Put(ctx, "k", "v", IfAbsent()); !IsPreconditionFailed(err) {
 		t.Errorf("IsPreconditionFailed: %v", err)
 	}
