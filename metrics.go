@@ -2,7 +2,6 @@ package main
 
 import (
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -108,10 +107,30 @@ func instrument(next http.Handler) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(sw, r)
-		metricRequests.WithLabelValues(routeLabel(r), strconv.Itoa(sw.status/100)+"xx").Observe(time.Since(start).Seconds())
+		metricRequests.WithLabelValues(routeLabel(r), statusClass(sw.status)).Observe(time.Since(start).Seconds())
 	})
 }
 
+// statusClass is a status's class label, "1xx" to "5xx" (anything else,
+// which no handler here writes, is "other").
+func statusClass(status int) string {
+	switch status / 100 {
+	case 1:
+		return "1xx"
+	case 2:
+		return "2xx"
+	case 3:
+		return "3xx"
+	case 4:
+		return "4xx"
+	case 5:
+		return "5xx"
+	}
+	return "other"
+}
+
+// routeLabel names a request's route for the metrics: a fixed set of
+// labels, whatever the client sends.
 func routeLabel(r *http.Request) string {
 	p := r.URL.Path
 	switch {
@@ -125,14 +144,30 @@ func routeLabel(r *http.Request) string {
 			if wantsStream(r) || strings.ContainsAny(r.URL.RawQuery, "w%") && r.URL.Query().Get("wait") == "true" {
 				return "v1_watch"
 			}
-			return "v1_kv_" + strings.ToLower(r.Method)
+			// Only the methods the route serves name a label: a label
+			// per method a client invents would grow the metrics without
+			// bound.
+			switch r.Method {
+			case http.MethodGet:
+				return "v1_kv_get"
+			case http.MethodHead:
+				return "v1_kv_head"
+			case http.MethodPut:
+				return "v1_kv_put"
+			case http.MethodDelete:
+				return "v1_kv_delete"
+			}
+			return "v1_kv_other"
 		case "txn", "status", "log-level", "members", "leader":
 			return "v1_" + first
 		}
 		return "v1_other"
 	case isOpsRoute(p):
-		if strings.HasPrefix(p, debugPrefix) {
+		switch {
+		case strings.HasPrefix(p, debugPrefix):
 			return "debug"
+		case p == "/ui" || strings.HasPrefix(p, uiPrefix):
+			return "ui" // not the path: any path under /ui/ is one label
 		}
 		return strings.TrimPrefix(p, "/")
 	}
