@@ -81,6 +81,14 @@ func call(t *testing.T, hc *http.Client, method, url, body string) string {
 	return string(b)
 }
 
+// expect does one request and fails the test unless the answer is want.
+func expect(t *testing.T, hc *http.Client, method, url, body, want, what string) {
+	t.Helper()
+	if got := call(t, hc, method, url, body); got != want {
+		t.Fatalf("%s: %q, want %q", what, got, want)
+	}
+}
+
 func TestTransportReusesOneConnection(t *testing.T) {
 	srv, conns := countingServer(t)
 	tr := NewTransport()
@@ -93,15 +101,9 @@ func TestTransportReusesOneConnection(t *testing.T) {
 			q = "?flush=1" // a chunked answer
 		}
 		want := fmt.Sprintf("k%d %s %s", i, method, strings.Repeat("x", i*37))
-		if got := call(t, hc, method, srv.URL+"/echo/k"+fmt.Sprint(i)+q, strings.Repeat("x", i*37)); got != want {
-			t.Fatalf("request %d: %q, want %q", i, got, want)
-		}
-		if got := call(t, hc, "GET", srv.URL+"/empty", ""); got != "" {
-			t.Fatalf("empty answer: %q", got)
-		}
-		if got := call(t, hc, "GET", srv.URL+"/hints", ""); got != "after hints" {
-			t.Fatalf("an answer after 103 Early Hints: %q", got)
-		}
+		expect(t, hc, method, srv.URL+"/echo/k"+fmt.Sprint(i)+q, strings.Repeat("x", i*37), want, fmt.Sprintf("request %d", i))
+		expect(t, hc, "GET", srv.URL+"/empty", "", "", "empty answer")
+		expect(t, hc, "GET", srv.URL+"/hints", "", "after hints", "an answer after 103 Early Hints")
 	}
 	if n := conns.Load(); n != 1 {
 		t.Fatalf("%d connections for 150 sequential requests, want 1", n)
@@ -123,16 +125,10 @@ func TestTransportDropsConnectionsItCannotReuse(t *testing.T) {
 	io.ReadFull(resp.Body, make([]byte, 10))
 	resp.Body.Close()
 	// (PUTs, which are never retried, so that a bad reuse shows.)
-	if got := call(t, hc, "PUT", srv.URL+"/echo/a", "1"); got != "a PUT 1" {
-		t.Fatalf("after an early close: %q", got)
-	}
+	expect(t, hc, "PUT", srv.URL+"/echo/a", "1", "a PUT 1", "after an early close")
 	// The member closes the connection after its answer.
-	if got := call(t, hc, "GET", srv.URL+"/close", ""); got != "bye" {
-		t.Fatalf("close: %q", got)
-	}
-	if got := call(t, hc, "PUT", srv.URL+"/echo/b", "2"); got != "b PUT 2" {
-		t.Fatalf("after Connection: close: %q", got)
-	}
+	expect(t, hc, "GET", srv.URL+"/close", "", "bye", "close")
+	expect(t, hc, "PUT", srv.URL+"/echo/b", "2", "b PUT 2", "after Connection: close")
 	if n := conns.Load(); n != 3 {
 		t.Fatalf("%d connections, want 3 (a new one after the early close and after Connection: close)", n)
 	}
@@ -156,9 +152,7 @@ func TestTransportContextEndsTheExchange(t *testing.T) {
 		t.Fatalf("the exchange ended %v after its context", d)
 	}
 	// The connection the ended exchange used is not reused.
-	if got := call(t, c.HTTP, "GET", srv.URL+"/echo/b", ""); got != "b GET " {
-		t.Fatalf("after a cancelled exchange: %q", got)
-	}
+	expect(t, c.HTTP, "GET", srv.URL+"/echo/b", "", "b GET ", "after a cancelled exchange")
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("%d connections, want 2", n)
 	}
@@ -193,9 +187,7 @@ func TestTransportNoticesAClosedIdleConnection(t *testing.T) {
 		c.idleFrom = time.Now() // too recent to be checked
 	}
 	tr.mu.Unlock()
-	if got := call(t, c.HTTP, "GET", srv.URL+"/echo/g", ""); got != "g GET " {
-		t.Fatalf("a read after the member closed the connection: %q", got)
-	}
+	expect(t, c.HTTP, "GET", srv.URL+"/echo/g", "", "g GET ", "a read after the member closed the connection")
 	if n := conns.Load(); n != 3 {
 		t.Fatalf("%d connections, want 3", n)
 	}
@@ -249,9 +241,7 @@ func TestTransportHandsTheRestToFallback(t *testing.T) {
 	tr := &Transport{Fallback: srv.Client().Transport}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
-	if got := call(t, hc, "GET", srv.URL+"/x", ""); got != "tls " {
-		t.Fatalf("https: %q", got)
-	}
+	expect(t, hc, "GET", srv.URL+"/x", "", "tls ", "https")
 	plain, _ := countingServer(t)
 	var fallbackUsed atomic.Bool
 	tr.Fallback = roundTripFunc(func(r *http.Request) (*http.Response, error) {
