@@ -41,6 +41,7 @@ type config struct {
 	checkpointBytes uint64
 	tick            time.Duration
 	electionTicks   int
+	maxInflight     int
 	requestTimeout  time.Duration
 	maxRequestBytes int64
 	limits          limits
@@ -72,6 +73,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	checkpointBytes := fs.Uint64("wal-checkpoint-bytes", 16<<20, "bytes of committed log between checkpoint records in the WAL; a restart holds at most about this much of the log in memory at once (0: none, the whole log since the snapshot)")
 	tick := fs.Int("tick", 100, "raft tick in milliseconds")
 	electionTicks := fs.Int("election-ticks", 10, "ticks without a leader before an election (heartbeat is 1 tick)")
+	maxInflight := fs.Int("max-inflight-appends", 1, "appends a leader sends a follower before it waits for an answer; 1 packs all writes that arrive meanwhile into the next one (raise it on links with a long round trip)")
 	requestTimeout := fs.Duration("request-timeout", 5*time.Second, "how long a request may wait for the cluster before 503")
 	maxRequestBytes := fs.Int64("max-request-bytes", 1536*1024, "largest accepted request body in bytes")
 	maxKeyBytes := fs.Int("max-key-bytes", 4096, "longest key in bytes")
@@ -117,7 +119,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	cfg := config{
 		id: *id, port: *port, join: *join, listen: *listen, dataDir: *dataDir,
 		snapshotCount: *snapshotCount, logWindow: *logWindow, checkpointBytes: *checkpointBytes, tick: time.Duration(*tick) * time.Millisecond,
-		electionTicks: *electionTicks, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
+		electionTicks: *electionTicks, maxInflight: *maxInflight, requestTimeout: *requestTimeout, maxRequestBytes: *maxRequestBytes,
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
 		watchHistory: *watchHistory, enablePprof: *enablePprof, hugePages: *hugePages, strictReconfig: *strictReconfig, clientURL: *clientURL,
@@ -159,6 +161,8 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		return config{}, fmt.Errorf("invalid --tick %d: must be at least 1 ms", *tick)
 	case cfg.electionTicks < 2:
 		return config{}, fmt.Errorf("invalid --election-ticks %d: must be at least 2 (heartbeat is 1 tick)", cfg.electionTicks)
+	case cfg.maxInflight < 1 || cfg.maxInflight > 1<<16:
+		return config{}, fmt.Errorf("invalid --max-inflight-appends %d: must be 1..%d", cfg.maxInflight, 1<<16)
 	case cfg.requestTimeout <= 0:
 		return config{}, fmt.Errorf("invalid --request-timeout %v: must be positive", cfg.requestTimeout)
 	case cfg.maxRequestBytes < 1 || cfg.maxRequestBytes > 64<<20:
@@ -298,7 +302,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	rn, err := newRaftNode(lg, raftConfig{
 		id: cfg.id, peers: cfg.cluster, join: cfg.join,
 		waldir: base, snapdir: base + "-snap",
-		tick: cfg.tick, electionTicks: cfg.electionTicks,
+		tick: cfg.tick, electionTicks: cfg.electionTicks, maxInflight: cfg.maxInflight,
 		requestTimeout: cfg.requestTimeout, snapshotCount: cfg.snapshotCount, logWindow: cfg.logWindow,
 		checkpointBytes: cfg.checkpointBytes,
 		expectHeap:      cfg.expectHeap,

@@ -15,7 +15,7 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	if cfg.id != 1 || cfg.port != 9121 || len(cfg.cluster) != 1 || cfg.cluster[0] != "http://127.0.0.1:9021" ||
 		cfg.listen != "127.0.0.1" || cfg.snapshotCount != 10000 || cfg.requestTimeout != 5*time.Second ||
-		cfg.maxRequestBytes != 1536*1024 || cfg.dataDir != "." || cfg.join {
+		cfg.maxRequestBytes != 1536*1024 || cfg.dataDir != "." || cfg.join || cfg.maxInflight != 1 {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
@@ -35,20 +35,21 @@ func TestParseConfigEnvAndFlagsWin(t *testing.T) {
 func TestParseConfigRejects(t *testing.T) {
 	three := "--cluster=http://127.0.0.1:1,http://127.0.0.1:2,http://127.0.0.1:3"
 	cases := map[string][]string{
-		"must be 1..3":         {three, "--id", "0"},
-		"--id must be 1..3":    {three, "--id", "4"},
-		"invalid --cluster":    {"--cluster", "127.0.0.1:1"},
-		"listed twice":         {"--cluster", "http://a:1,http://a:1"},
-		"invalid --port":       {"--port", "70000"},
-		"--snapshot-count 0":   {"--snapshot-count", "0"},
-		"--election-ticks 1":   {"--election-ticks", "1"},
-		"--log-level":          {"--log-level", "loud"},
-		"unexpected argument":  {"extra"},
-		"--max-request-bytes":  {"--max-request-bytes", "0"},
-		"--request-timeout 0s": {"--request-timeout", "0s"},
-		"invalid value":        {"--port", "abc"},
-		"--tick 0":             {"--tick", "0"},
-		"client URL":           {"--advertise-client-url", "ftp://h:1"},
+		"must be 1..3":             {three, "--id", "0"},
+		"--id must be 1..3":        {three, "--id", "4"},
+		"invalid --cluster":        {"--cluster", "127.0.0.1:1"},
+		"listed twice":             {"--cluster", "http://a:1,http://a:1"},
+		"invalid --port":           {"--port", "70000"},
+		"--snapshot-count 0":       {"--snapshot-count", "0"},
+		"--election-ticks 1":       {"--election-ticks", "1"},
+		"--log-level":              {"--log-level", "loud"},
+		"unexpected argument":      {"extra"},
+		"--max-request-bytes":      {"--max-request-bytes", "0"},
+		"--request-timeout 0s":     {"--request-timeout", "0s"},
+		"invalid value":            {"--port", "abc"},
+		"--tick 0":                 {"--tick", "0"},
+		"--max-inflight-appends 0": {"--max-inflight-appends", "0"},
+		"client URL":               {"--advertise-client-url", "ftp://h:1"},
 	}
 	for want, args := range cases {
 		_, err := parseConfig(args, func(string) string { return "" }, nil)
