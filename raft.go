@@ -198,9 +198,9 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		// while it is out all go in the next one: one follower fsync and
 		// one answer for all of them. With many in flight, raft sends each
 		// new entry at once in an append of its own, and each follower
-		// writes, fsyncs and answers each: at 64 clients that was 17 times
-		// as many appends and twice the follower fsyncs, for a quarter
-		// more CPU per write (README, Performance). The limit costs
+		// writes and answers each: at 64 clients that was 18 times as many
+		// appends and answers, 1.6 times the follower fsyncs, and a
+		// quarter more CPU per write (README, Performance). The limit costs
 		// nothing in latency for a write on its own; over a link with a
 		// long round trip it bounds a follower to MaxSizePerMsg per round
 		// trip, hence the flag.
