@@ -200,10 +200,12 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		// new entry at once in an append of its own, and each follower
 		// writes and answers each: at 64 clients that was 18 times as many
 		// appends and answers, 1.6 times the follower fsyncs, and a
-		// quarter more CPU per write (README, Performance). The limit costs
-		// nothing in latency for a write on its own; over a link with a
-		// long round trip it bounds a follower to MaxSizePerMsg per round
-		// trip, hence the flag.
+		// quarter more CPU per write (README, Performance). A write on its
+		// own still goes out at once, but a follower whose append is out is
+		// sent nothing, not even a commit index: a write it serves may learn
+		// of its commit one trip later. Over a link with a long round trip
+		// the limit bounds a follower to MaxSizePerMsg per round trip, hence
+		// the flag.
 		MaxInflightMsgs: max(rc.cfg.maxInflight, 1),
 		// A follower far behind is sent entries read back from the WAL on
 		// raft's goroutine (logStorage), as many as the in-flight limits
