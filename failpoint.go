@@ -28,6 +28,7 @@ import (
 //	snapshot-file-saved             a snapshot file is synced, its directory and WAL record are not
 //	snapshot-saved-before-release   a snapshot of this member is durable; older files not purged
 //	wal-checkpoint-saved            a checkpoint record is written to the WAL and synced
+//	wal-spare-chunk-zeroed          a chunk of the WAL's spare segment is zeroed, not synced
 //	snapshot-received               a leader's snapshot file is saved and checked, raft has not taken it
 //	snapshot-install-before-sync    a leader's snapshot and its record written, the commit not synced
 //	snapshot-install-before-release installed and synced, older files not purged, not acknowledged

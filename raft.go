@@ -92,6 +92,9 @@ type raftNode struct {
 	snapMu    sync.Mutex
 	wal       *wal.WAL
 	walClosed bool
+	// walCutMu is held around wal.Save, in which the WAL may take its
+	// spare segment, and by the zeroer writing that spare (walzero.go).
+	walCutMu sync.Mutex
 	// startSnap is the snapshot file found at start, checked; its state is
 	// read as a stream by the state machine, first thing on commitC.
 	startSnap *snapFileLayout
@@ -260,7 +263,9 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		}
 	}()
 
-	rc.wg.Add(3)
+	zeroer := &walZeroer{lg: rc.lg, dir: rc.cfg.waldir, cutMu: &rc.walCutMu}
+	rc.wg.Add(4)
+	go func() { defer rc.wg.Done(); zeroer.run(rc.stopc, walZeroEvery) }()
 	go func() { defer rc.wg.Done(); rc.readyLoop() }()
 	go func() { defer rc.wg.Done(); rc.proposeLoop() }()
 	go func() { defer rc.wg.Done(); rc.readLoop() }()
@@ -367,7 +372,10 @@ func (rc *raftNode) readyLoop() {
 				metricCommitted.Set(float64(rd.HardState.GetCommit()))
 			}
 			failpoint("wal-save-before")
-			if err := rc.wal.Save(rd.HardState, rd.Entries); err != nil {
+			rc.walCutMu.Lock()
+			err := rc.wal.Save(rd.HardState, rd.Entries)
+			rc.walCutMu.Unlock()
+			if err != nil {
 				rc.lg.Fatal("cannot write to the wal; stopping rather than risk losing acknowledged writes", zap.Error(err))
 			}
 			failpoint("wal-save-after")
