@@ -14,7 +14,7 @@
 # size), timed to the newcomer's first linearizable read, with the peak RSS
 # of the leader and of the newcomer meanwhile.
 #
-#	bash bench/bigdata.sh            # 1,000,000 keys; about 9 minutes here
+#	bash bench/bigdata.sh            # 1,000,000 keys; 4-9 minutes here
 #	KEYS=200000 bash bench/bigdata.sh
 #	RESTARTS=4 bash bench/bigdata.sh # restart member 1 four times over
 #
@@ -52,22 +52,37 @@ firstRead() { # seconds until member $1 answers a linearizable read (at most 20)
 }
 for i in 1 2 3; do P[$i]=$(start $i); done
 sleep 3
+# Each sample is tagged with the phase it was taken in (the file phase):
+# the load holds KEYS keys at most, the 10 s after it more, so each phase's
+# peak is set against the raw bytes of the keys the store holds by its end.
+echo load >"$D/phase"
+# Member 1's key count goes beside each sample too, to set each sample
+# against the raw bytes the store held at that moment.
 (while true; do
-	for i in 1 2 3; do echo "$i $(awk '/VmRSS/{print $2}' /proc/${P[$i]}/status 2>/dev/null || echo 0)"; done
+	ph=$(cat "$D/phase")
+	k=$(curl -sf -m 1 "http://127.0.0.1:32101/v1/status" | grep -o '"keys": *[0-9]*' | grep -o '[0-9]*$' || echo 0)
+	for i in 1 2 3; do echo "$ph $i $(awk '/VmRSS/{print $2}' /proc/${P[$i]}/status 2>/dev/null || echo 0) ${k:-0}"; done
 	sleep 0.5
 done) >"$D/rss.txt" &
 sampler=$!
 echo "load: $KEYS keys, 64 clients"
 "$WORK/bench" --endpoints $EP --clients 64 --op put --value-size 256 --prefix bench-key- --count "$KEYS" --warmup 0s | sed -n 1,4p
+echo after >"$D/phase"
 echo "then 10 s more at that size:"
 "$WORK/bench" --endpoints $EP --clients 64 --op put --value-size 256 --prefix after-key- --duration 10s --warmup 1s | sed -n 1,4p
 kill $sampler
+# Every key here is 16 bytes with a 256-byte value; the store's count
+# includes the after phase's warm-up writes, which the load tool does not.
+keys=$(curl -sf "http://127.0.0.1:32101/v1/status" | grep -o '"keys": *[0-9]*' | grep -o '[0-9]*$')
 raw=$((KEYS * (16 + 256)))
-echo "raw keys and values: $((raw / 1000000)) MB"
+rawAll=$((keys * (16 + 256)))
+echo "raw keys and values: $((raw / 1000000)) MB loaded; $((rawAll / 1000000)) MB ($keys keys) after the 10 s more"
 for i in 1 2 3; do
-	awk -v m=$i -v raw=$raw '$1==m && $2>x {x=$2} END {printf "member %d peak RSS %.0f MiB (%.1f× raw)\n", m, x/1024, x*1024/raw}' "$D/rss.txt"
+	awk -v m=$i -v raw=$raw -v all=$rawAll -v h=$((KEYS / 2)) '$2==m && $1=="load" && $3>x {x=$3} $2==m && $1=="after" && $3>y {y=$3}
+		$2==m && $4>=h && $3*1024/($4*272)>r {r=$3*1024/($4*272); rk=$4}
+		END {printf "member %d peak RSS %.0f MiB while loading (%.1f× the raw data loaded), %.0f MiB in the 10 s after (%.1f× the raw data then); at most %.2f× the raw data held at the moment, once it held half the keys or more (at %d keys)\n", m, x/1024, x*1024/raw, y/1024, y*1024/all, r, rk}' "$D/rss.txt"
 	grep -h 'saved snapshot' "$D/log$i" | grep -o '"bytes": [0-9]*' |
-		awk -F': ' -v m=$i -v raw=$raw '{s+=$2; n++} END {printf "member %d wrote %d snapshots, %.0f MB (%.1f× raw)\n", m, n, s/1e6, s/raw}'
+		awk -F': ' -v m=$i -v raw=$rawAll '{s+=$2; n++} END {printf "member %d wrote %d snapshots, %.0f MB (%.1f× the raw data written)\n", m, n, s/1e6, s/raw}'
 done
 restart1() { # signal $2 to member 1, restart it, time both, and sample its RSS meanwhile
 	local t t0 stopped
@@ -126,6 +141,6 @@ sampler=$!
 t=$(firstRead 4)
 sleep 1
 kill $sampler
-awk -v t="$t" -v b="$before" -v raw=$raw '$1>l {l=$1} $2>n {n=$2} END {printf "member 4 added: first linearizable read after %s s; peak RSS meanwhile: the leader %.0f MiB (%.1f× raw; %s MiB before), member 4 %.0f MiB (%.1f× raw)\n", t, l/1024, l*1024/raw, b, n/1024, n*1024/raw}' "$D/rss4.txt"
+awk -v t="$t" -v b="$before" -v raw=$rawAll '$1>l {l=$1} $2>n {n=$2} END {printf "member 4 added: first linearizable read after %s s; peak RSS meanwhile: the leader %.0f MiB (%.1f× raw; %s MiB before), member 4 %.0f MiB (%.1f× raw)\n", t, l/1024, l*1024/raw, b, n/1024, n*1024/raw}' "$D/rss4.txt"
 kill "${P[1]}" "${P[2]}" "${P[3]}" "${P[4]}"
 wait 2>/dev/null || true
