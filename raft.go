@@ -263,9 +263,15 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		}
 	}()
 
-	zeroer := &walZeroer{lg: rc.lg, dir: rc.cfg.waldir, cutMu: &rc.walCutMu}
-	rc.wg.Add(4)
-	go func() { defer rc.wg.Done(); zeroer.run(rc.stopc, walZeroEvery) }()
+	if pays, fs := spareZeroingPays(rc.cfg.waldir); pays {
+		rc.lg.Info("writing zeros over the wal's spare segments", zap.String("file-system", fs))
+		zeroer := &walZeroer{lg: rc.lg, dir: rc.cfg.waldir, cutMu: &rc.walCutMu}
+		rc.wg.Add(1)
+		go func() { defer rc.wg.Done(); zeroer.run(rc.stopc, walZeroEvery) }()
+	} else {
+		rc.lg.Info("leaving the wal's spare segments as preallocated", zap.String("file-system", fs))
+	}
+	rc.wg.Add(3)
 	go func() { defer rc.wg.Done(); rc.readyLoop() }()
 	go func() { defer rc.wg.Done(); rc.proposeLoop() }()
 	go func() { defer rc.wg.Done(); rc.readLoop() }()
