@@ -57,6 +57,10 @@ var (
 		Namespace: "raftexample", Name: "snapshot_size_bytes",
 		Help: "Size of this member's newest snapshot: the last it took, or the one it restored (at start, or sent by the leader).",
 	})
+	metricWALSpares = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "wal_spare_segments_total",
+		Help: "WAL spare segments this member wrote zeros over (walzero.go), by result: zeroed whole, or taken by the WAL first (its writes into the rest then commit the file system's journal, as without zeroing).",
+	}, []string{"result"})
 	metricLogSinceSnapshot = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "raftexample", Name: "log_bytes_since_snapshot",
 		Help: "Entry data applied since this member's newest snapshot. The next one is due when it reaches half that snapshot's size (and --snapshot-count entries have been applied); a restart replays this much log.",
@@ -86,7 +90,7 @@ var (
 func init() {
 	prometheus.MustRegister(metricRequests, metricProposals, metricProposalsPending, metricLeaderChanges,
 		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
-		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricCheckpoints, metricWatchers, metricWatchEvents)
+		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricCheckpoints, metricWatchers, metricWatchEvents, metricWALSpares)
 }
 
 // proposalResult labels how a proposal ended.

@@ -108,14 +108,19 @@ func (z *walZeroer) zero(path string) error {
 	z.zeroed[0], z.zeroed[1] = z.zeroed[1], fi
 	for off := int64(0); off < fi.Size(); off += walZeroChunk {
 		wrote, err := z.writeSpare(f, fi, path, off, min(walZeroChunk, fi.Size()-off))
-		if err != nil || !wrote {
+		if err != nil {
 			return err
+		}
+		if !wrote {
+			metricWALSpares.WithLabelValues("taken").Inc()
+			return nil
 		}
 		failpoint("wal-spare-chunk-zeroed")
 		if z.afterChunk != nil {
 			z.afterChunk()
 		}
 	}
+	metricWALSpares.WithLabelValues("zeroed").Inc()
 	// If the WAL has taken it meanwhile, this syncs its writes too: harmless.
 	return fileutil.Fdatasync(f)
 }

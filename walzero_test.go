@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
 	"go.etcd.io/raft/v3/raftpb"
@@ -43,6 +44,16 @@ func waitSpare(t *testing.T, path string) {
 		}
 		return nil
 	})
+}
+
+// spareCount reads raftexample_wal_spare_segments_total{result}.
+func spareCount(t *testing.T, result string) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := metricWALSpares.WithLabelValues(result).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 // walEntry is entry i of the tests' logs: n bytes that say which entry
@@ -84,6 +95,7 @@ func TestWALZeroerLeavesTheSpareOnceTheWALTakesIt(t *testing.T) {
 		t.Fatalf("the WAL cut before the test meant it to: %v", err)
 	}
 	chunks := 0
+	taken := spareCount(t, "taken")
 	z := &walZeroer{lg: zaptest.NewLogger(t), dir: dir, cutMu: &mu, afterChunk: func() {
 		chunks++
 		if chunks == 1 {
@@ -106,6 +118,9 @@ func TestWALZeroerLeavesTheSpareOnceTheWALTakesIt(t *testing.T) {
 	}
 	if chunks != 1 {
 		t.Fatalf("%d chunks written, want 1: the zeroer went on after the WAL took the spare", chunks)
+	}
+	if got := spareCount(t, "taken") - taken; got != 1 {
+		t.Fatalf("wal_spare_segments_total{result=\"taken\"} rose by %v, want 1", got)
 	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
@@ -136,6 +151,7 @@ func TestWALZeroerZeroesEachSpareOnce(t *testing.T) {
 	defer w.Close()
 	var mu sync.Mutex
 	chunks := 0
+	zeroed := spareCount(t, "zeroed")
 	z := &walZeroer{lg: zaptest.NewLogger(t), dir: dir, cutMu: &mu, afterChunk: func() { chunks++ }}
 	if err := z.zero(spare); err != nil {
 		t.Fatal(err)
@@ -164,6 +180,9 @@ func TestWALZeroerZeroesEachSpareOnce(t *testing.T) {
 	chunks = 0
 	if err := z.zero(next); err != nil || chunks != walSegmentBytes/walZeroChunk {
 		t.Fatalf("next spare: %d chunks, err %v", chunks, err)
+	}
+	if got := spareCount(t, "zeroed") - zeroed; got != 2 {
+		t.Fatalf("wal_spare_segments_total{result=\"zeroed\"} rose by %v for two spares", got)
 	}
 	// No spare: nothing to do.
 	if err := z.zero(filepath.Join(dir, "absent.tmp")); err != nil {
