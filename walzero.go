@@ -18,10 +18,10 @@ import (
 // and xfs fallocate leaves the blocks "unwritten". The first write into
 // each block then converts its extent, a metadata change, so every
 // fdatasync of the WAL also commits the file system's journal. On the
-// development VM a 3 KB write and fdatasync took 160 µs into a fallocated
-// file and 97 µs into one whose blocks had been written, for about a third
-// less CPU (README, Performance). Databases zero-fill their logs for the
-// same reason. A segment is 2 MiB (walSegmentBytes), so this writes as many
+// development VM a 3,000-byte write and fdatasync took 168–181 µs into a
+// fallocated file and 99–120 µs into one whose blocks had been written
+// (BenchmarkSegmentWriteSync; README, Performance). Databases zero-fill
+// their logs for the same reason. A segment is 2 MiB (walSegmentBytes), so this writes as many
 // zeros as log, in a few large writes and one fdatasync per segment.
 //
 // Why it is safe: the WAL takes the spare only inside Save, in its segment
