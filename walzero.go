@@ -58,6 +58,10 @@ type walZeroer struct {
 	// afterChunk, if set (tests), runs after each chunk is written, with
 	// cutMu not held.
 	afterChunk func()
+	// failing is the error last logged for each spare name, so that one
+	// that lasts (a spare that cannot be opened is met every tick) is
+	// logged once, not ten times a second.
+	failing map[string]string
 }
 
 func (z *walZeroer) run(stopc <-chan struct{}, every time.Duration) {
@@ -69,12 +73,27 @@ func (z *walZeroer) run(stopc <-chan struct{}, every time.Duration) {
 			return
 		case <-t.C:
 		}
-		// The pipeline alternates between two names.
-		for _, name := range [...]string{"0.tmp", "1.tmp"} {
-			if err := z.zero(filepath.Join(z.dir, name)); err != nil {
-				z.lg.Warn("write zeros over the wal's spare segment; the wal will write it as it is", zap.String("file", name), zap.Error(err))
-			}
+		z.tick()
+	}
+}
+
+// tick zeroes whichever spare needs it. The pipeline alternates between
+// two names.
+func (z *walZeroer) tick() {
+	for _, name := range [...]string{"0.tmp", "1.tmp"} {
+		err := z.zero(filepath.Join(z.dir, name))
+		if err == nil {
+			delete(z.failing, name)
+			continue
 		}
+		if z.failing[name] == err.Error() {
+			continue
+		}
+		if z.failing == nil {
+			z.failing = make(map[string]string)
+		}
+		z.failing[name] = err.Error()
+		z.lg.Warn("write zeros over the wal's spare segment; the wal will write it as it is", zap.String("file", name), zap.Error(err))
 	}
 }
 

@@ -13,7 +13,9 @@ import (
 	"go.etcd.io/etcd/server/v3/storage/wal"
 	"go.etcd.io/etcd/server/v3/storage/wal/walpb"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // newSpareWAL creates a WAL in a temp dir and waits for the spare segment
@@ -187,5 +189,37 @@ func TestWALZeroerZeroesEachSpareOnce(t *testing.T) {
 	// No spare: nothing to do.
 	if err := z.zero(filepath.Join(dir, "absent.tmp")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A spare that cannot be zeroed is met on every tick, ten times a second:
+// its error is logged when it starts and when it changes, not each time.
+func TestWALZeroerLogsALastingErrorOnce(t *testing.T) {
+	dir := t.TempDir()
+	// A directory where the spare goes: opening it to write fails.
+	if err := os.Mkdir(filepath.Join(dir, "0.tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.WarnLevel)
+	var mu sync.Mutex
+	z := &walZeroer{lg: zap.New(core), dir: dir, cutMu: &mu}
+	for range 20 {
+		z.tick()
+	}
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("%d warnings after 20 ticks on one lasting error, want 1: %v", n, logs.All())
+	}
+	// Gone, then back: a new episode, logged again.
+	if err := os.Remove(filepath.Join(dir, "0.tmp")); err != nil {
+		t.Fatal(err)
+	}
+	z.tick()
+	if err := os.Mkdir(filepath.Join(dir, "0.tmp"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	z.tick()
+	z.tick()
+	if n := logs.Len(); n != 2 {
+		t.Fatalf("%d warnings, want 2 (the error came back once)", n)
 	}
 }
