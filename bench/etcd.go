@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -79,4 +81,25 @@ func (t *etcdTarget) Close() {
 	if t.c != nil {
 		t.c.Close()
 	}
+}
+
+// etcdLeader returns the index in endpoints of the member that leads.
+func etcdLeader(ctx context.Context, endpoints []string) (int, error) {
+	c, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return -1, err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for i, ep := range endpoints {
+		st, err := c.Status(ctx, ep)
+		if err != nil {
+			return -1, fmt.Errorf("status of %s: %w", ep, err)
+		}
+		if st.Leader == st.Header.MemberId {
+			return i, nil
+		}
+	}
+	return -1, errors.New("no member says it leads")
 }

@@ -2,7 +2,8 @@
 // from the Go module proxy and this server from the repository, starts
 // three members of each on loopback ports with fresh data dirs (one store
 // at a time), drives both with the same load engine (package loadgen) at
-// each client count for PUT and for linearizable and serializable GET,
+// each client count for PUT and for linearizable and serializable GET (a
+// single client twice: pinned to the leader, then to a follower),
 // repeats the whole pass, and prints a table of medians and ratios with
 // the machine's cores and fsync rate, server CPU per operation (from /proc
 // for each member), the load tool's own CPU per operation (the clients
@@ -51,14 +52,24 @@ type options struct {
 	etcdBin   string
 	systems   []string
 	out       string
+	// roles: a 1-client run is made twice, pinned to the leader and to a
+	// follower, instead of once against the first member. One request at
+	// a time shows the path's latency, and a write a follower serves
+	// takes two more trips between members than one the leader serves:
+	// sent to the first member, the row measured whichever of the two the
+	// election made it, and so did etcd's row, not necessarily the same.
+	roles bool
 }
 
 // measurement is one load run against one store.
 type measurement struct {
-	System    string  `json:"system"`
-	Pass      int     `json:"pass"`
-	Op        string  `json:"op"`
-	Clients   int     `json:"clients"`
+	System  string `json:"system"`
+	Pass    int    `json:"pass"`
+	Op      string `json:"op"`
+	Clients int    `json:"clients"`
+	// Role is where every client sent its requests: "leader" or
+	// "follower" (pinned), or "" (spread over the members).
+	Role      string  `json:"role,omitempty"`
 	OpsPerSec float64 `json:"ops_per_sec"`
 	P50       float64 `json:"p50_ms"`
 	P99       float64 `json:"p99_ms"`
@@ -75,6 +86,47 @@ type measurement struct {
 	LoadCPUPerOpUs float64 `json:"load_cpu_us_per_op"`
 	RSSMB          float64 `json:"rss_mb"`      // largest member's RSS after the run
 	PeakRSSMB      float64 `json:"peak_rss_mb"` // largest member's peak RSS so far
+}
+
+// clientRun is one row of the table for each op: how many clients, and
+// where they send.
+type clientRun struct {
+	clients int
+	role    string // "leader", "follower", or "": spread over the members
+}
+
+func (r clientRun) String() string {
+	s := fmt.Sprintf("%d clients", r.clients)
+	if r.clients == 1 {
+		s = "1 client"
+	}
+	if r.role != "" {
+		s += " (" + r.role + ")"
+	}
+	return s
+}
+
+// label is the table's clients column.
+func (r clientRun) label() string {
+	if r.role == "" {
+		return strconv.Itoa(r.clients)
+	}
+	return fmt.Sprintf("%d (%s)", r.clients, r.role)
+}
+
+func (m measurement) run() clientRun { return clientRun{m.Clients, m.Role} }
+
+// runs lists each op's rows, in order.
+func (o *options) runs() []clientRun {
+	var rs []clientRun
+	for _, n := range o.clients {
+		if n == 1 && o.roles {
+			rs = append(rs, clientRun{1, "leader"}, clientRun{1, "follower"})
+		} else {
+			rs = append(rs, clientRun{clients: n})
+		}
+	}
+	return rs
 }
 
 func main() {
@@ -107,6 +159,7 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.etcdBin, "etcd-bin", "", "use this etcd binary instead of building one")
 	systems := fs.String("systems", "etcd,raftexample", "stores to measure, in order")
 	fs.StringVar(&o.out, "out", "", "also write every measurement as JSON to this file")
+	fs.BoolVar(&o.roles, "one-client-roles", true, "measure 1 client twice, pinned to the leader and to a follower (false: against the first member, whichever it is)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -197,7 +250,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 	var lost []string
 	for _, m := range all {
 		if m.Lost+m.Unread > 0 {
-			lost = append(lost, fmt.Sprintf("%s pass %d, %d clients: %d lost, %d unreadable", m.System, m.Pass, m.Clients, m.Lost, m.Unread))
+			lost = append(lost, fmt.Sprintf("%s pass %d, %s: %d lost, %d unreadable", m.System, m.Pass, m.run(), m.Lost, m.Unread))
 		}
 	}
 	if len(lost) > 0 {
@@ -215,9 +268,9 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	start, dial := startRaftexample, loadgen.NewRaftexampleTarget
+	start, dial, leader := startRaftexample, loadgen.NewRaftexampleTarget, raftexampleLeader
 	if sys == "etcd" {
-		start, dial = startEtcd, newEtcdTarget
+		start, dial, leader = startEtcd, newEtcdTarget, etcdLeader
 	}
 	c, err := start(ctx, bin, dir, 3)
 	if err != nil {
@@ -233,63 +286,107 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 	}
 	var out []measurement
 	for _, op := range o.ops {
-		for _, n := range o.clients {
-			args := append(slices.Clone(common), "--clients", strconv.Itoa(n))
-			switch op {
-			case "put":
-				args = append(args, "--op", "put", "--keys", "fresh", "--prefix", fmt.Sprintf("%s-%d/", op, n))
-			default:
-				cons := "linearizable"
-				if op == "get-serializable" {
-					cons = "serializable"
-				}
-				args = append(args, "--op", "get", "--consistency", cons, "--keys", "uniform", "--prefix", "pre/",
-					"--keyspace", strconv.Itoa(o.keyspace))
+		for _, run := range o.runs() {
+			m, verified, err := measureRun(ctx, o, c, sys, op, run, pass, common, dial, leader)
+			if errors.Is(err, errLeaderMoved) {
+				// An election on a healthy loopback cluster is rare: once
+				// more, with the roles found anew.
+				logf("pass %d, %s %s at %s: %v; measuring again", pass, sys, op, run, err)
+				m, verified, err = measureRun(ctx, o, c, sys, op, run, pass, common, dial, leader)
 			}
-			if o.warmup > 0 {
-				if _, err := load(ctx, dial, append(slices.Clone(args), "--warmup", "0s", "--duration", o.warmup.String()), loadgen.Hooks{}); err != nil {
-					return nil, fmt.Errorf("%s %s at %d clients (warm-up): %w", sys, op, n, err)
-				}
-			}
-			cpu0, err := c.cpuSeconds()
 			if err != nil {
 				return nil, err
 			}
-			self0 := selfCPUSeconds()
-			var cpu1, self1 float64
-			var cpuErr error
-			measured := append(args, "--warmup", "0s", "--duration", o.duration.String())
-			if op == "put" {
-				measured = append(measured, "--verify")
-			}
-			r, err := load(ctx, dial, measured, loadgen.Hooks{BeforeVerify: func() { self1 = selfCPUSeconds(); cpu1, cpuErr = c.cpuSeconds() }})
-			if err != nil {
-				return nil, fmt.Errorf("%s %s at %d clients: %w", sys, op, n, err)
-			}
-			if cpuErr != nil {
-				return nil, cpuErr
-			}
-			rss, peak := c.rssMB()
-			m := measurement{System: sys, Pass: pass, Op: op, Clients: n, OpsPerSec: r.OpsPerSec,
-				P50: r.LatencyMs.P50, P99: r.LatencyMs.P99, P999: r.LatencyMs.P999, RSSMB: rss, PeakRSSMB: peak}
-			for _, e := range r.Errors {
-				m.Errors += e
-			}
-			verified := ""
-			if v := r.Verify; v != nil {
-				m.Lost, m.Unread = v.Lost, v.Unreadable
-				verified = fmt.Sprintf("; %d acknowledged writes read back from %d members: %d lost, %d unreadable", v.Acked, v.Members, v.Lost, v.Unreadable)
-			}
-			if r.Ops > 0 {
-				m.CPUPerOpUs = (cpu1 - cpu0) / float64(r.Ops) * 1e6
-				m.LoadCPUPerOpUs = (self1 - self0) / float64(r.Ops) * 1e6
-			}
-			logf("pass %d, %s %s at %d clients: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op (load tool %.0f), %d errors%s",
-				pass, sys, op, n, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.LoadCPUPerOpUs, m.Errors, verified)
+			logf("pass %d, %s %s at %s: %.0f ops/s, p50 %.2f ms, p99.9 %.2f ms, %.0f µs CPU/op (load tool %.0f), %d errors%s",
+				pass, sys, op, run, m.OpsPerSec, m.P50, m.P999, m.CPUPerOpUs, m.LoadCPUPerOpUs, m.Errors, verified)
 			out = append(out, m)
 		}
 	}
 	return out, nil
+}
+
+// errLeaderMoved fails a run pinned to a role that its member lost during
+// the run: its row would be labelled with a role it did not have.
+var errLeaderMoved = errors.New("the leader moved during the run")
+
+// measureRun makes one measured run of op at run against the cluster c,
+// after its warm-up; verified describes the read-back of a PUT run.
+func measureRun(ctx context.Context, o *options, c *cluster, sys, op string, run clientRun, pass int, common []string,
+	dial func(string) loadgen.Target, leader func(context.Context, []string) (int, error)) (m measurement, verified string, err error) {
+	n := run.clients
+	args := append(slices.Clone(common), "--clients", strconv.Itoa(n))
+	prefix := fmt.Sprintf("%s-%d/", op, n)
+	lead := -1
+	if run.role != "" {
+		if lead, err = leader(ctx, c.endpoints); err != nil {
+			return m, "", fmt.Errorf("%s: find the leader: %w", sys, err)
+		}
+		pin := lead
+		if run.role == "follower" {
+			pin = (lead + 1) % len(c.endpoints)
+		}
+		args = append(args, "--pin", strconv.Itoa(pin))
+		// Each role's PUTs, and a repeat's, write keys of their own.
+		prefix = fmt.Sprintf("%s-%d-%s-%d/", op, n, run.role, time.Now().UnixNano())
+	}
+	switch op {
+	case "put":
+		args = append(args, "--op", "put", "--keys", "fresh", "--prefix", prefix)
+	default:
+		cons := "linearizable"
+		if op == "get-serializable" {
+			cons = "serializable"
+		}
+		args = append(args, "--op", "get", "--consistency", cons, "--keys", "uniform", "--prefix", "pre/",
+			"--keyspace", strconv.Itoa(o.keyspace))
+	}
+	if o.warmup > 0 {
+		if _, err := load(ctx, dial, append(slices.Clone(args), "--warmup", "0s", "--duration", o.warmup.String()), loadgen.Hooks{}); err != nil {
+			return m, "", fmt.Errorf("%s %s at %s (warm-up): %w", sys, op, run, err)
+		}
+	}
+	cpu0, err := c.cpuSeconds()
+	if err != nil {
+		return m, "", err
+	}
+	self0 := selfCPUSeconds()
+	var cpu1, self1 float64
+	var cpuErr error
+	measured := append(args, "--warmup", "0s", "--duration", o.duration.String())
+	if op == "put" {
+		measured = append(measured, "--verify")
+	}
+	r, err := load(ctx, dial, measured, loadgen.Hooks{BeforeVerify: func() { self1 = selfCPUSeconds(); cpu1, cpuErr = c.cpuSeconds() }})
+	if err != nil {
+		return m, "", fmt.Errorf("%s %s at %s: %w", sys, op, run, err)
+	}
+	if cpuErr != nil {
+		return m, "", cpuErr
+	}
+	if lead >= 0 {
+		now, err := leader(ctx, c.endpoints)
+		if err != nil {
+			return m, "", fmt.Errorf("%s: find the leader after %s at %s: %w", sys, op, run, err)
+		}
+		if now != lead {
+			return m, "", fmt.Errorf("%w (member %d, then %d)", errLeaderMoved, lead+1, now+1)
+		}
+	}
+	rss, peak := c.rssMB()
+	m = measurement{System: sys, Pass: pass, Op: op, Clients: n, Role: run.role, OpsPerSec: r.OpsPerSec,
+		P50: r.LatencyMs.P50, P99: r.LatencyMs.P99, P999: r.LatencyMs.P999, RSSMB: rss, PeakRSSMB: peak}
+	for _, e := range r.Errors {
+		m.Errors += e
+	}
+	if v := r.Verify; v != nil {
+		m.Lost, m.Unread = v.Lost, v.Unreadable
+		verified = fmt.Sprintf("; %d acknowledged writes read back from %d members: %d lost, %d unreadable", v.Acked, v.Members, v.Lost, v.Unreadable)
+	}
+	if r.Ops > 0 {
+		m.CPUPerOpUs = (cpu1 - cpu0) / float64(r.Ops) * 1e6
+		m.LoadCPUPerOpUs = (self1 - self0) / float64(r.Ops) * 1e6
+	}
+	return m, verified, nil
 }
 
 // loadResult is the part of loadgen's JSON line that the table uses.
@@ -380,10 +477,10 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\tload tool µs/op (etcd/ours)\terrors (etcd/ours)\tlost (etcd/ours)\t")
-	pick := func(sys, op string, n int, f func(measurement) float64) float64 {
+	pick := func(sys, op string, run clientRun, f func(measurement) float64) float64 {
 		var xs []float64
 		for _, m := range all {
-			if m.System == sys && m.Op == op && m.Clients == n {
+			if m.System == sys && m.Op == op && m.run() == run {
 				xs = append(xs, f(m))
 			}
 		}
@@ -396,14 +493,14 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 		return fmt.Sprintf("%.2f×", b/a)
 	}
 	for _, op := range o.ops {
-		for _, n := range o.clients {
-			get := func(sys string, f func(measurement) float64) float64 { return pick(sys, op, n, f) }
+		for _, run := range o.runs() {
+			get := func(sys string, f func(measurement) float64) float64 { return pick(sys, op, run, f) }
 			eOps, oOps := get("etcd", func(m measurement) float64 { return m.OpsPerSec }), get("raftexample", func(m measurement) float64 { return m.OpsPerSec })
 			eCPU, oCPU := get("etcd", func(m measurement) float64 { return m.CPUPerOpUs }), get("raftexample", func(m measurement) float64 { return m.CPUPerOpUs })
 			var eErr, oErr int64
 			var eLost, oLost int
 			for _, m := range all {
-				if m.Op == op && m.Clients == n {
+				if m.Op == op && m.run() == run {
 					if m.System == "etcd" {
 						eErr += m.Errors
 						eLost += m.Lost + m.Unread
@@ -417,7 +514,7 @@ func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
 			if op == "put" {
 				lost = fmt.Sprintf("%d/%d", eLost, oLost)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%.0f/%.0f\t%d/%d\t%s\t\n", op, n, eOps, oOps, ratio(eOps, oOps),
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%.0f/%.0f\t%d/%d\t%s\t\n", op, run.label(), eOps, oOps, ratio(eOps, oOps),
 				get("etcd", func(m measurement) float64 { return m.P50 }), get("raftexample", func(m measurement) float64 { return m.P50 }),
 				get("etcd", func(m measurement) float64 { return m.P999 }), get("raftexample", func(m measurement) float64 { return m.P999 }),
 				eCPU, oCPU, ratio(eCPU, oCPU),

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"raftexample/client"
 )
 
 // A cluster is three (or n) member processes of one store on loopback.
@@ -242,4 +244,20 @@ func fsyncRate(dir string) (float64, error) {
 		n++
 	}
 	return float64(n) / time.Since(start).Seconds(), nil
+}
+
+// raftexampleLeader returns the index in endpoints of the member that leads.
+func raftexampleLeader(ctx context.Context, endpoints []string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for i, ep := range endpoints {
+		st, err := client.New(ep, nil).Status(ctx)
+		if err != nil {
+			return -1, fmt.Errorf("status of %s: %w", ep, err)
+		}
+		if st.RaftState == "leader" {
+			return i, nil
+		}
+	}
+	return -1, errors.New("no member says it leads")
 }
