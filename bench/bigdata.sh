@@ -17,6 +17,7 @@
 #	bash bench/bigdata.sh            # 1,000,000 keys; 4-9 minutes here
 #	KEYS=200000 bash bench/bigdata.sh
 #	RESTARTS=4 bash bench/bigdata.sh # restart member 1 four times over
+#	KEEP=1 bash bench/bigdata.sh     # keep the data dirs and member logs
 #
 # Ports 32001-32004 (peers) and 32101-32104 (clients) must be free.
 # Linux only (/proc).
@@ -28,8 +29,13 @@ WORK=$(mktemp -d)
 declare -a P
 # The members are not jobs of this shell (start runs in a command
 # substitution): kill them by pid too, or a failed run leaves them running.
-# A failed run keeps its data dirs and member logs, and says where.
-trap 'rc=$?; kill $(jobs -p) "${P[@]}" 2>/dev/null || true; if [ $rc = 0 ]; then rm -rf "$WORK"; else echo "failed (exit $rc); kept $WORK (member logs: $D/log*)" >&2; fi' EXIT
+# A failed run keeps its data dirs and member logs, and says where; so does
+# any run with KEEP set (the logs time each snapshot and each restart's
+# steps).
+trap 'rc=$?; kill $(jobs -p) "${P[@]}" 2>/dev/null || true
+if [ $rc != 0 ]; then echo "failed (exit $rc); kept $WORK (member logs: $D/log*)" >&2
+elif [ -n "${KEEP:-}" ]; then echo "kept $WORK (member logs: $D/log*)" >&2
+else rm -rf "$WORK"; fi' EXIT
 go build -o "$WORK/raftexample" .
 go build -o "$WORK/bench" ./cmd/bench
 D=$WORK/data
