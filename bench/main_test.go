@@ -2,9 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"raftexample/loadgen"
 )
 
 func TestOneClientRunsPinnedToEachRole(t *testing.T) {
@@ -63,5 +69,83 @@ func TestTableRowPerRole(t *testing.T) {
 	}
 	if len(rows) != len(want) {
 		t.Errorf("rows %v, want %v", rows, want)
+	}
+}
+
+// memStore is a store for fake targets; lose makes every read miss.
+type memStore struct {
+	mu   sync.Mutex
+	m    map[string]string
+	lose bool
+}
+
+type memTarget struct{ s *memStore }
+
+func (t memTarget) Put(_ context.Context, key, value string) error {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	t.s.m[key] = value
+	return nil
+}
+
+func (t memTarget) Get(_ context.Context, key string, _ bool) (string, bool, error) {
+	t.s.mu.Lock()
+	defer t.s.mu.Unlock()
+	if t.s.lose {
+		return "", false, nil
+	}
+	v, ok := t.s.m[key]
+	return v, ok, nil
+}
+
+func (t memTarget) Delete(context.Context, string) error { return nil }
+func (t memTarget) CAS(context.Context, string, *string, string) (bool, error) {
+	return false, nil
+}
+func (memTarget) Close() {}
+
+// A run pinned to a role whose member lost or gained the lead meanwhile is
+// refused (and measured again by the caller), unless it lost writes: those
+// are reported whatever the label.
+func TestPinnedRunWhoseLeaderMoved(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		moves     bool
+		lose      bool
+		wantMoved bool
+		wantLost  bool
+	}{
+		{"steady", false, false, false, false},
+		{"moved", true, false, true, false},
+		{"moved and lost writes", true, true, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &memStore{m: map[string]string{}, lose: tc.lose}
+			dial := func(string) loadgen.Target { return memTarget{s} }
+			calls := 0
+			leader := func(context.Context, []string) (int, error) {
+				calls++
+				if tc.moves && calls > 1 {
+					return 1, nil
+				}
+				return 0, nil
+			}
+			c := &cluster{endpoints: []string{"http://a", "http://b", "http://c"}}
+			o := &options{duration: 50 * time.Millisecond, valueSize: 16, keyspace: 10, roles: true}
+			common := []string{"--endpoints", strings.Join(c.endpoints, ","), "--value-size", "16"}
+			m, _, err := measureRun(context.Background(), o, c, "raftexample", "put", clientRun{1, "follower"}, 1, common, dial, leader)
+			if moved := errors.Is(err, errLeaderMoved); moved != tc.wantMoved {
+				t.Fatalf("err %v, want leader moved: %v", err, tc.wantMoved)
+			}
+			if !tc.wantMoved && err != nil {
+				t.Fatal(err)
+			}
+			if lost := m.Lost+m.Unread > 0; lost != tc.wantLost {
+				t.Errorf("lost %d, unreadable %d; want losses: %v", m.Lost, m.Unread, tc.wantLost)
+			}
+			if calls != 2 {
+				t.Errorf("the leader was looked up %d times, want before and after", calls)
+			}
+		})
 	}
 }
