@@ -16,17 +16,24 @@ import (
 	"google.golang.org/protobuf/proto"
 )
 
-// checkpointTestWAL writes a WAL with a snapshot record at 10 (term 2), a
-// tail that a term-3 leader overwrote, a membership change, and
-// checkpoints: good ones, one whose entry was overwritten, one after the
-// membership change. Each entry's data names its index and term.
-func checkpointTestWAL(t *testing.T) string {
+// createTestWAL creates a WAL of member 1 in a temporary directory.
+func createTestWAL(t *testing.T) (string, *wal.WAL) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "wal")
 	w, err := wal.Create(zap.NewNop(), dir, walMetadata(1))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return dir, w
+}
+
+// checkpointTestWAL writes a WAL with a snapshot record at 10 (term 2), a
+// tail that a term-3 leader overwrote, a membership change, and
+// checkpoints: good ones, one whose entry was overwritten, one after the
+// membership change. Each entry's data names its index and term.
+func checkpointTestWAL(t *testing.T) string {
+	t.Helper()
+	dir, w := createTestWAL(t)
 	pad := strings.Repeat("x", 100<<10) // a segment every ~20 entries
 	save := func(term, from, to uint64, typ raftpb.EntryType) {
 		for i := from; i <= to; i++ {
