@@ -197,6 +197,9 @@ func entryFields(b []byte) (typ raftpb.EntryType, term, index uint64, data []byt
 		if n < 0 {
 			return 0, 0, 0, nil, fmt.Errorf("decode entry: %w", protowire.ParseError(n))
 		}
+		if num > protowire.MaxValidNumber { // as proto.Unmarshal, which etcd's reader uses
+			return 0, 0, 0, nil, fmt.Errorf("decode entry: field number %d out of range", num)
+		}
 		b = b[n:]
 		if num == 4 && wt == protowire.BytesType {
 			v, n := protowire.ConsumeBytes(b)

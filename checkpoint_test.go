@@ -17,7 +17,7 @@ import (
 )
 
 // createTestWAL creates a WAL of member 1 in a temporary directory.
-func createTestWAL(t *testing.T) (string, *wal.WAL) {
+func createTestWAL(t testing.TB) (string, *wal.WAL) {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "wal")
 	w, err := wal.Create(zap.NewNop(), dir, walMetadata(1))

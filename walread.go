@@ -311,6 +311,9 @@ func recordFields(b []byte) (typ int64, crc uint32, data []byte, err error) {
 		if n < 0 {
 			return 0, 0, nil, fmt.Errorf("decode record: %w", protowire.ParseError(n))
 		}
+		if num > protowire.MaxValidNumber { // ConsumeTag allows MessageSet's; proto.Unmarshal does not
+			return 0, 0, nil, fmt.Errorf("decode record: field number %d out of range", num)
+		}
 		b = b[n:]
 		switch {
 		case num == 1 && wt == protowire.VarintType, num == 2 && wt == protowire.VarintType:
