@@ -131,6 +131,10 @@ type raftNode struct {
 	// found sound, for the ready loop to install.
 	snapshotter *snap.Snapshotter
 	received    atomic.Pointer[snapFileLayout]
+	// refusedSnap is, per member, the index of the last snapshot not sent
+	// to it because it does not include it (sendSnapshot logs each once).
+	// Ready loop only.
+	refusedSnap map[uint64]uint64
 
 	stopc    chan struct{} // closed by stop: every goroutine below returns
 	removedC chan struct{} // closed when a peer tells us we were removed

@@ -9,8 +9,11 @@ import (
 
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
 	"go.etcd.io/etcd/server/v3/storage/wal"
+	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // receivingNode is a raft node as far as receiving a snapshot goes: a
@@ -178,5 +181,66 @@ func TestReceivedLeftoversAreRemoved(t *testing.T) {
 	removeReceivedLeftovers(lg, dir, 0, true)
 	if got, want := left(), []string{"0000000000000001-0000000000000005.snap", "tmpfile.txt", "x.snap.db"}; !slices.Equal(got, want) {
 		t.Fatalf("after removing all: %v, want %v", got, want)
+	}
+}
+
+// reportingNode is a raft.Node that records the snapshot reports it gets;
+// any other call panics (the embedded interface is nil).
+type reportingNode struct {
+	raft.Node
+	reports []raft.SnapshotStatus
+}
+
+func (n *reportingNode) ReportSnapshot(_ uint64, s raft.SnapshotStatus) {
+	n.reports = append(n.reports, s)
+}
+
+// A member added after the newest snapshot is not sent that snapshot (its
+// raft would ignore it, and the leader send the whole file again and
+// again): the send is reported failed at once, without the file or the
+// transport, and logged once per snapshot.
+func TestSnapshotNotSentToAMemberItLacks(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	node := &reportingNode{}
+	rc := &raftNode{lg: zap.New(core), node: node, cfg: raftConfig{snapdir: t.TempDir()}} // no transport: touching it panics
+	msg := func(to uint64, cs *raftpb.ConfState, index uint64) *raftpb.Message {
+		return &raftpb.Message{Type: raftpb.MsgSnap.Enum(), To: new(to), Snapshot: &raftpb.Snapshot{
+			Metadata: &raftpb.SnapshotMetadata{Index: new(index), Term: new(uint64(2)), ConfState: cs}}}
+	}
+	old := &raftpb.ConfState{Voters: []uint64{1, 2, 3}}
+	for range 3 {
+		rc.sendSnapshot(msg(4, old, 100))
+	}
+	if len(node.reports) != 3 || node.reports[0] != raft.SnapshotFailure {
+		t.Fatalf("reports %v, want 3 failures", node.reports)
+	}
+	if n := logs.FilterMessageSnippet("not sending a snapshot").Len(); n != 1 {
+		t.Fatalf("%d log lines for one snapshot refused three times, want 1", n)
+	}
+	rc.sendSnapshot(msg(4, old, 200)) // a newer snapshot, still without 4
+	if n := logs.FilterMessageSnippet("not sending a snapshot").Len(); n != 2 {
+		t.Fatalf("%d log lines after a second snapshot refused, want 2", n)
+	}
+	// One that includes the member goes on to its file (absent here: the
+	// send fails there, on the path that reads the file).
+	rc.sendSnapshot(msg(4, &raftpb.ConfState{Voters: []uint64{1, 2, 3, 4}}, 300))
+	if n := logs.FilterMessageSnippet("cannot open the snapshot file").Len(); n != 1 || len(node.reports) != 5 {
+		t.Fatalf("a snapshot that includes the member: %d open failures logged, %d reports; want 1 and 5", n, len(node.reports))
+	}
+
+	for _, c := range []struct {
+		cs   *raftpb.ConfState
+		want bool
+	}{
+		{&raftpb.ConfState{Voters: []uint64{1, 4}}, true},
+		{&raftpb.ConfState{Voters: []uint64{1}, Learners: []uint64{4}}, true},
+		{&raftpb.ConfState{Voters: []uint64{1}, VotersOutgoing: []uint64{4}, LearnersNext: []uint64{4}}, true},
+		{&raftpb.ConfState{Voters: []uint64{1}, LearnersNext: []uint64{4}}, false}, // raft's restore does not look there
+		{&raftpb.ConfState{Voters: []uint64{1, 2, 3}}, false},
+		{nil, false},
+	} {
+		if got := inConfState(c.cs, 4); got != c.want {
+			t.Errorf("inConfState(%v, 4) = %v, want %v", c.cs, got, c.want)
+		}
 	}
 }
