@@ -15,19 +15,19 @@ import (
 )
 
 func TestGCLimitFollowsTheLiveHeap(t *testing.T) {
-	if got := gcLimitFor(0); got != gcHeadroomFloor {
+	if got := gcLimitFor(0, gcHeadroomFloor); got != gcHeadroomFloor {
 		t.Fatalf("limit for an empty heap: %d", got)
 	}
-	if got, want := gcLimitFor(400<<20), int64(500<<20+gcHeadroomFloor); got != want {
+	if got, want := gcLimitFor(400<<20, gcHeadroomFloor), int64(500<<20+gcHeadroomFloor); got != want {
 		t.Fatalf("limit for 400 MiB live: %d, want %d", got, want)
 	}
 	// Room no collection frees: up to a point it comes out of the
 	// headroom; past it the collector keeps a tenth of the live heap plus
-	// 32 MiB to allocate into, so its goal never falls to the live heap.
-	if got, want := gcLimitWith(400<<20, 20<<20), gcLimitFor(400<<20); got != want {
+	// the floor to allocate into, so its goal never falls to the live heap.
+	if got, want := gcLimitWith(400<<20, 20<<20, gcHeadroomFloor), gcLimitFor(400<<20, gcHeadroomFloor); got != want {
 		t.Fatalf("limit for 400 MiB live, 20 MiB overhead: %d, want %d", got, want)
 	}
-	if got, want := gcLimitWith(400<<20, 300<<20), int64(440<<20+300<<20+gcMinHeadroom); got != want {
+	if got, want := gcLimitWith(400<<20, 300<<20, gcHeadroomFloor), int64(440<<20+300<<20+gcHeadroomFloor); got != want {
 		t.Fatalf("limit for 400 MiB live, 300 MiB overhead: %d, want %d", got, want)
 	}
 	if gcTuning(func(k string) string { return map[string]string{"GOGC": "50"}[k] }) ||
@@ -52,8 +52,8 @@ func TestGCLimitFollowsTheLiveHeap(t *testing.T) {
 	replay := uint64(1 << 30)
 	tuner.expect(replay)
 	// The limit is that plus the overhead no collection frees, which is
-	// at most what the runtime holds in all.
-	want := gcLimitFor(uint64(float64(replay) * gcBytesInMemory))
+	// at most what the runtime holds in all, with the replay's floor.
+	want := gcLimitFor(uint64(float64(replay)*gcBytesInMemory), gcReplayFloor)
 	held := func() int64 {
 		s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}}
 		metrics.Read(s)

@@ -45,27 +45,8 @@ type raftCalls interface {
 	saveSnapshot(index uint64, cs *raftpb.ConfState, body snapshotBody) error
 }
 
-// item is one key's state. Items are never changed in place: trees cloned
-// for a snapshot share them.
-//
-// The key and the value are one string, one allocation: an item of two
-// strings took 56 bytes (a 64-byte object) and its key a third object.
-// Now it is 48 bytes and one object fewer to allocate and to mark: a
-// restored 1M-key store is 16 MB smaller, and a put makes two objects,
-// not three (BenchmarkReplay1M).
-type item struct {
-	kv      string // the key, then the value
-	klen    uint32 // the key's length (keys are at most 1 MiB, --max-key-bytes)
-	create  uint64 // raft index of the put that created the key
-	mod     uint64 // raft index of its last put
-	version uint64 // puts since it was created: 1 after the first
-}
-
-func (it *item) key() string   { return it.kv[:it.klen] }
-func (it *item) value() string { return it.kv[it.klen:] }
-
 // probe is an item holding only key, to look it up.
-func probe(key string) *item { return &item{kv: key, klen: uint32(len(key))} }
+func probe(key string) *item { return newItem(key, "") }
 
 // result is what applying one record did, for the request that proposed it.
 type result struct {
@@ -361,10 +342,11 @@ func applyOne(keys keyTree, index uint64, o *op) opResult {
 		// completed after it is in the tree, which is the one place an item
 		// changes: no clone and no reader can see it yet (apply holds
 		// kvstore.mu, and clones are taken under it too).
-		next := &item{kv: o.kv, klen: uint32(len(o.key)), create: index, mod: index, version: 1}
-		if len(o.kv) != len(o.key)+len(o.value) { // not decoded from a record
-			next.kv = o.key + o.value
+		next := o.it
+		if next == nil || next.mod != 0 { // not decoded from a record, or applied before
+			next = newItem(o.key, o.value)
 		}
+		next.create, next.mod, next.version = index, index, 1
 		prev := keys.Put(next)
 		if prev != nil {
 			next.create, next.version = prev.create, prev.version+1

@@ -15,10 +15,10 @@ func TestApplyOpKeepsMetadata(t *testing.T) {
 	put := func(index uint64, k, v string) opResult {
 		return applyOp(keys, index, &op{kind: opPut, key: k, value: v}, nil).ops[0]
 	}
-	if r := put(5, "a", "1"); r.prev != nil || *r.cur != (*testItem("a", "1", 5, 5, 1)) {
+	if r := put(5, "a", "1"); r.prev != nil || viewOf(r.cur) != viewOf(testItem("a", "1", 5, 5, 1)) {
 		t.Fatalf("create: %+v", r)
 	}
-	if r := put(9, "a", "2"); r.prev.value() != "1" || *r.cur != (*testItem("a", "2", 5, 9, 2)) {
+	if r := put(9, "a", "2"); r.prev.value() != "1" || viewOf(r.cur) != viewOf(testItem("a", "2", 5, 9, 2)) {
 		t.Fatalf("update: %+v %+v", r.prev, r.cur)
 	}
 	put(10, "ab", "x")
@@ -29,11 +29,32 @@ func TestApplyOpKeepsMetadata(t *testing.T) {
 	if r := applyOp(keys, 13, &op{kind: opDelete, key: "a"}, nil).ops[0]; r.deleted != 0 || r.prev != nil {
 		t.Fatalf("delete of an absent key: %+v", r)
 	}
-	if r := put(14, "a", "3"); *r.cur != (*testItem("a", "3", 14, 14, 1)) {
+	if r := put(14, "a", "3"); viewOf(r.cur) != viewOf(testItem("a", "3", 14, 14, 1)) {
 		t.Fatalf("recreate after delete starts over: %+v", r.cur)
 	}
 	if r := applyOp(keys, 15, &op{kind: opDeletePrefix, key: "a"}, nil).ops[0]; r.deleted != 2 || keys.Len() != 1 {
 		t.Fatalf("delete prefix: %+v, %d left", r, keys.Len())
+	}
+}
+
+// A decoded put hands apply the item its decoder made, and apply puts that
+// very item in the tree. Applied a second time (no member does; a
+// benchmark does), the op must not change the item the first put left in
+// the tree, which a clone may share.
+func TestApplyTakesAFreshItemForAnOpAppliedAgain(t *testing.T) {
+	keys := newKeyTree()
+	o := decoded(&op{kind: opPut, key: "k", value: "v", reqID: 1})
+	first := applyOp(keys, 5, o, nil).ops[0].cur
+	if first != o.it {
+		t.Fatal("apply copied the decoded item instead of keeping it")
+	}
+	snap := keys.Clone()
+	second := applyOp(keys, 9, o, nil).ops[0].cur
+	if second == first || viewOf(first) != viewOf(testItem("k", "v", 5, 5, 1)) || viewOf(snap.Get("k")) != viewOf(testItem("k", "v", 5, 5, 1)) {
+		t.Fatalf("applied again: the first put's item is now %+v (the clone's %+v)", viewOf(first), viewOf(snap.Get("k")))
+	}
+	if viewOf(second) != viewOf(testItem("k", "v", 5, 9, 2)) {
+		t.Fatalf("applied again: %+v", viewOf(second))
 	}
 }
 
@@ -123,5 +144,7 @@ func TestMembershipChangeProposedAgain(t *testing.T) {
 
 // testItem is key's item with value and the given indexes and version.
 func testItem(key, value string, create, mod, version uint64) *item {
-	return &item{kv: key + value, klen: uint32(len(key)), create: create, mod: mod, version: version}
+	it := newItem(key, value)
+	it.create, it.mod, it.version = create, mod, version
+	return it
 }

@@ -211,7 +211,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) in
 	cfg.expectHeap = func(encoded uint64) {
 		tuner.expect(encoded) // first: the limit must make room for what grow reserves
 		// all the heap the collector will let the replay use
-		prep.grow(uint64(gcLimitFor(uint64(float64(encoded) * gcBytesInMemory))))
+		prep.grow(uint64(gcLimitFor(uint64(float64(encoded)*gcBytesInMemory), gcReplayFloor)))
 	}
 	s, err := startServer(lg, cfg)
 	if err != nil {

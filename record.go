@@ -4,8 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
-	"strings"
 )
 
 // Entry encoding: a normal raft entry holds one or more op records back to
@@ -65,9 +63,10 @@ type op struct {
 	reqID uint64 // 0 inside a txn
 	key   string // the prefix for deletePrefix
 	value string // memberAttrs: the client URL
-	// kv is a decoded put's key and value in one string (key and value are
-	// its two parts), for the item to keep; empty for an op not decoded.
-	kv     string
+	// it is a decoded put's item, its key and value there (key and value
+	// point into it) and its indexes for apply to set; nil for an op not
+	// decoded.
+	it     *item
 	member uint64 // memberAttrs: whose attributes
 	txn    *txn
 }
@@ -189,7 +188,9 @@ func decodeOpsWith(data []byte, buf []op, fn func(*op)) ([]op, error) {
 func (d *decoder) opFields(o *op, topLevel bool) {
 	switch o.kind {
 	case opPut:
-		o.kv, o.key, o.value = d.pair()
+		if o.it = d.pair(); o.it != nil {
+			o.key, o.value = o.it.key(), o.it.value()
+		}
 	case opDelete, opDeletePrefix:
 		o.key = d.bytes()
 	case opGet:
@@ -291,26 +292,27 @@ func (d *decoder) bytes() string {
 
 // pair reads two strings (a put's key and value) into one allocation,
 // both, and returns it with its two parts.
-func (d *decoder) pair() (both, first, second string) {
+func (d *decoder) pair() *item {
 	n1 := d.uvarint()
-	if d.err != nil || n1 > uint64(len(d.buf)) || n1 > math.MaxUint32 {
+	if d.err != nil || n1 > uint64(len(d.buf)) {
 		d.fail()
-		return "", "", ""
+		return nil
 	}
 	k := d.buf[:n1]
 	d.buf = d.buf[n1:]
 	n2 := d.uvarint()
 	if d.err != nil || n2 > uint64(len(d.buf)) {
 		d.fail()
-		return "", "", ""
+		return nil
 	}
-	var b strings.Builder
-	b.Grow(int(n1 + n2))
-	b.Write(k)
-	b.Write(d.buf[:n2])
+	it, ok := allocItem(int(n1), int(n2))
+	if !ok {
+		d.fail()
+		return nil
+	}
+	copy(it.buf()[copy(it.buf(), k):], d.buf[:n2])
 	d.buf = d.buf[n2:]
-	both = b.String()
-	return both, both[:n1], both[n1:]
+	return it
 }
 
 func (d *decoder) fail() { d.failWith(errors.New("truncated record")) }

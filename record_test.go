@@ -42,8 +42,8 @@ func TestOpCodecRoundTrip(t *testing.T) {
 		if in[i].kind == opTxn && len(in[i].txn.compares) == 0 {
 			in[i].txn.compares, in[i].txn.success, in[i].txn.failure = nil, nil, nil
 		}
-		if want := withKV(in[i]); !reflect.DeepEqual(want, out[i]) {
-			t.Errorf("record %d: got %+v want %+v", i, out[i], want)
+		if got := withoutItem(t, out[i]); !reflect.DeepEqual(in[i], got) {
+			t.Errorf("record %d: got %+v want %+v", i, got, in[i])
 		}
 	}
 	if err := decodeOps(nil, func(*op) { t.Error("called for empty data") }); err != nil {
@@ -69,7 +69,7 @@ func TestFirstReleasePutRecordDecodes(t *testing.T) {
 	if err := decodeOps(rec, func(o *op) { got = append(got, *o) }); err != nil {
 		t.Fatal(err)
 	}
-	if want := (op{kind: opPut, reqID: 300, key: "key", value: "value", kv: "keyvalue"}); len(got) != 1 || !reflect.DeepEqual(got[0], want) {
+	if want := (op{kind: opPut, reqID: 300, key: "key", value: "value"}); len(got) != 1 || !reflect.DeepEqual(withoutItem(t, got[0]), want) {
 		t.Fatalf("got %+v", got)
 	}
 }
@@ -98,24 +98,29 @@ func TestUnknownOpStopsTheEntry(t *testing.T) {
 	}
 }
 
-// withKV is o as the decoder hands it out: a put's key and value also in
-// one string, kv.
-func withKV(o op) op {
+// withoutItem is o as decoded, less the items the decoder made for its
+// puts, each checked to hold its put's key and value with its indexes
+// unset: what is left compares with an op as built.
+func withoutItem(t testing.TB, o op) op {
+	t.Helper()
 	if o.kind == opPut {
-		o.kv = o.key + o.value
+		if o.it == nil || o.it.key() != o.key || o.it.value() != o.value || o.it.create|o.it.mod|o.it.version != 0 {
+			t.Fatalf("put of %q: decoded item %+v does not hold it", o.key, o.it)
+		}
+		o.it = nil
 	}
 	if o.txn != nil {
-		t := *o.txn
-		for _, branch := range []*[]op{&t.success, &t.failure} {
+		x := *o.txn
+		for _, branch := range []*[]op{&x.success, &x.failure} {
 			if *branch != nil {
 				b := make([]op, len(*branch))
 				for i, sub := range *branch {
-					b[i] = withKV(sub)
+					b[i] = withoutItem(t, sub)
 				}
 				*branch = b
 			}
 		}
-		o.txn = &t
+		o.txn = &x
 	}
 	return o
 }

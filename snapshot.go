@@ -104,7 +104,7 @@ func writeSnapshot(w io.Writer, st *snapshotState) error {
 	}
 	b = binary.AppendUvarint(b, uint64(st.keys.Len()))
 	st.keys.Ascend(func(it *item) bool {
-		if len(it.kv) > snapshotChunk {
+		if it.size() > snapshotChunk {
 			// A large value goes straight to w rather than through b.
 			flush(true)
 			b = appendString(b, it.key())
@@ -169,8 +169,11 @@ func readSnapshot(r io.Reader, size int64) (*snapshotState, error) {
 	n := d.count()
 	sorted := make([]*item, 0, min(n, uint64(d.left)/5)) // v2 on: in key order; an item takes at least 5 bytes
 	for ; n > 0 && d.err == nil; n-- {
-		kv, klen := d.pair()
-		it := &item{kv: kv, klen: klen, create: st.index, mod: st.index, version: 1}
+		it := d.pair()
+		if it == nil {
+			break // d.err says why
+		}
+		it.create, it.mod, it.version = st.index, st.index, 1
 		if v1 { // its keys are in no order
 			if d.err == nil {
 				st.keys.Put(it)
@@ -250,43 +253,35 @@ func (d *snapDecoder) count() uint64 {
 
 func (d *snapDecoder) string() string { return d.fixed(int(min(d.count(), uint64(d.left)))) }
 
-// pair reads two strings (a key and its value) into one allocation, an
-// item's kv, and returns it with the first one's length: a restore of 1M
-// keys makes 1M fewer allocations, and the two live and die together.
-func (d *snapDecoder) pair() (string, uint32) {
+// pair reads a key and its value into an item (item.go), its indexes
+// zero: one allocation per key, the one the store keeps.
+func (d *snapDecoder) pair() *item {
 	n1 := int(min(d.count(), uint64(d.left)))
 	if d.err == nil && n1 > math.MaxUint32 {
 		d.failWith(fmt.Errorf("a key of %d bytes", n1))
 	}
 	if d.err != nil {
-		return "", 0
+		return nil
 	}
-	var first []byte
-	if n1 <= d.r.Size() {
-		b, err := d.r.Peek(n1)
-		if err != nil {
-			d.truncated()
-			return "", 0
-		}
-		d.scratch = append(d.scratch[:0], b...) // Peek's bytes do not outlive the next read
-		first = d.scratch
-		d.r.Discard(n1)
-		d.left -= int64(n1)
-	} else {
-		first = []byte(d.fixed(n1))
+	// The key waits in scratch while its value's length is read.
+	d.scratch = d.scratch[:0]
+	if !d.readTo(n1, func(b []byte) { d.scratch = append(d.scratch, b...) }) {
+		return nil
 	}
 	n2 := int(min(d.count(), uint64(d.left)))
+	if d.err == nil && n2 > math.MaxUint32 {
+		d.failWith(fmt.Errorf("a value of %d bytes", n2))
+	}
 	if d.err != nil || int64(n2) > d.left {
 		d.truncated()
-		return "", 0
+		return nil
 	}
-	var sb strings.Builder
-	sb.Grow(n1 + n2)
-	sb.Write(first)
-	if !d.readInto(&sb, n2) {
-		return "", 0
+	it, _ := allocItem(n1, n2) // both lengths checked above
+	rest := it.buf()[copy(it.buf(), d.scratch):]
+	if !d.readTo(n2, func(b []byte) { rest = rest[copy(rest, b):] }) {
+		return nil
 	}
-	return sb.String(), uint32(n1)
+	return it
 }
 
 // fixed reads n bytes as a string: one allocation, whatever its length.
@@ -311,21 +306,27 @@ func (d *snapDecoder) fixed(n int) string {
 	}
 	var sb strings.Builder
 	sb.Grow(n)
-	if !d.readInto(&sb, n) {
+	if !d.readTo(n, func(b []byte) { sb.Write(b) }) {
 		return ""
 	}
 	return sb.String()
 }
 
-// readInto copies the next n bytes into sb through the read buffer.
-func (d *snapDecoder) readInto(sb *strings.Builder, n int) bool {
+// readTo hands the next n bytes to sink, in pieces of at most the read
+// buffer's size (each valid during the call only). false if the stream
+// ends first.
+func (d *snapDecoder) readTo(n int, sink func([]byte)) bool {
+	if int64(n) > d.left {
+		d.truncated()
+		return false
+	}
 	for n > 0 {
 		b, err := d.r.Peek(min(n, d.r.Size()))
 		if err != nil {
 			d.truncated()
 			return false
 		}
-		sb.Write(b)
+		sink(b)
 		d.r.Discard(len(b))
 		d.left -= int64(len(b))
 		n -= len(b)

@@ -36,8 +36,8 @@ func TestSnapshotCodecRoundTrip(t *testing.T) {
 		t.Fatalf("round trip changed the state: %+v", st)
 	}
 	keys.Ascend(func(want *item) bool {
-		if got := st.keys.Get(want.key()); got == nil || *got != *want {
-			t.Errorf("key %q: got %+v want %+v", want.key(), got, want)
+		if got := st.keys.Get(want.key()); got == nil || viewOf(got) != viewOf(want) {
+			t.Errorf("key %q: got %+v want %+v", want.key(), viewOf(got), viewOf(want))
 		}
 		return true
 	})
@@ -66,7 +66,7 @@ func TestFirstReleaseSnapshotLoads(t *testing.T) {
 	if st.index != 77 || st.members[1] != "http://127.0.0.1:1" || !st.removed[2] || st.keys.Len() != 2 {
 		t.Fatalf("got %+v", st)
 	}
-	if it := st.keys.Get("k0"); it == nil || *it != (*testItem("k0", "v0", 77, 77, 1)) {
+	if it := st.keys.Get("k0"); it == nil || viewOf(it) != viewOf(testItem("k0", "v0", 77, 77, 1)) {
 		t.Fatalf("k0: %+v", it)
 	}
 }
@@ -89,7 +89,7 @@ func TestSecondFormatSnapshotLoads(t *testing.T) {
 	if st.index != 5 || len(st.members) != 1 || len(st.clients) != 0 {
 		t.Fatalf("got %+v", st)
 	}
-	if it := st.keys.Get("k"); it == nil || *it != (*testItem("k", "v", 3, 5, 2)) {
+	if it := st.keys.Get("k"); it == nil || viewOf(it) != viewOf(testItem("k", "v", 3, 5, 2)) {
 		t.Fatalf("k: %+v", it)
 	}
 }
