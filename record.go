@@ -290,8 +290,8 @@ func (d *decoder) bytes() string {
 	return s
 }
 
-// pair reads two strings (a put's key and value) into one allocation,
-// both, and returns it with its two parts.
+// pair reads a put's key and value into an item (item.go), its indexes
+// zero: the one allocation the store keeps for the key.
 func (d *decoder) pair() *item {
 	n1 := d.uvarint()
 	if d.err != nil || n1 > uint64(len(d.buf)) {
