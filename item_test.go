@@ -23,6 +23,9 @@ func TestItemHoldsKeyAndValue(t *testing.T) {
 			t.Errorf("allocItem(%d, %d) = %v, %v; want refused", n[0], n[1], it, ok)
 		}
 	}
+	if itemHeader != 32 { // the guards take no room: item.go's sizes hold
+		t.Errorf("an item's header is %d bytes, want 32", itemHeader)
+	}
 	if n := testing.AllocsPerRun(100, func() { _ = newItem("key-0000001", "value") }); n != 1 {
 		t.Errorf("newItem made %v allocations, want 1", n)
 	}
