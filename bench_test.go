@@ -176,7 +176,7 @@ func BenchmarkEntryCodec(b *testing.B) {
 	v := strings.Repeat("v", 256)
 	ops := make([]op, 64)
 	for i := range ops {
-		ops[i] = op{kind: opPut, reqID: uint64(1<<48 + i), key: fmt.Sprintf("bench/key-%07d", i), value: v}
+		ops[i] = op{kind: opPut, reqID: 1<<48 + uint64(i), key: fmt.Sprintf("bench/key-%07d", i), value: v}
 	}
 	b.Run("encode", func(b *testing.B) {
 		buf := make([]byte, 0, 64<<10)

@@ -46,7 +46,7 @@ const itemHeader = int(unsafe.Sizeof(item{}))
 // its indexes zero and its bytes to be written through buf before it is
 // shared. ok is false (and it nil) for lengths an item cannot hold.
 func allocItem(klen, vlen int) (it *item, ok bool) {
-	if klen < 0 || vlen < 0 || klen > math.MaxUint32 || vlen > math.MaxUint32 {
+	if klen < 0 || vlen < 0 || uint64(klen) > math.MaxUint32 || uint64(vlen) > math.MaxUint32 {
 		return nil, false
 	}
 	words := make([]uint64, (itemHeader+klen+vlen+7)/8)

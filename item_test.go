@@ -18,7 +18,11 @@ func TestItemHoldsKeyAndValue(t *testing.T) {
 			t.Errorf("newItem(%.10q, %.10q) after setting its indexes: key %.10q value %.10q", c[0], c[1], it.key(), it.value())
 		}
 	}
-	for _, n := range [][2]int{{-1, 0}, {0, -1}, {math.MaxUint32 + 1, 0}, {0, math.MaxUint32 + 1}} {
+	refused := [][2]int{{-1, 0}, {0, -1}}
+	if over := uint64(math.MaxUint32) + 1; over <= math.MaxInt { // an int of 64 bits can say it
+		refused = append(refused, [2]int{int(over), 0}, [2]int{0, int(over)})
+	}
+	for _, n := range refused {
 		if it, ok := allocItem(n[0], n[1]); ok || it != nil {
 			t.Errorf("allocItem(%d, %d) = %v, %v; want refused", n[0], n[1], it, ok)
 		}

@@ -257,7 +257,7 @@ func (d *snapDecoder) string() string { return d.fixed(int(min(d.count(), uint64
 // zero: one allocation per key, the one the store keeps.
 func (d *snapDecoder) pair() *item {
 	n1 := int(min(d.count(), uint64(d.left)))
-	if d.err == nil && n1 > math.MaxUint32 {
+	if d.err == nil && uint64(n1) > math.MaxUint32 {
 		d.failWith(fmt.Errorf("a key of %d bytes", n1))
 	}
 	if d.err != nil {
@@ -269,7 +269,7 @@ func (d *snapDecoder) pair() *item {
 		return nil
 	}
 	n2 := int(min(d.count(), uint64(d.left)))
-	if d.err == nil && n2 > math.MaxUint32 {
+	if d.err == nil && uint64(n2) > math.MaxUint32 {
 		d.failWith(fmt.Errorf("a value of %d bytes", n2))
 	}
 	if d.err != nil || int64(n2) > d.left {
