@@ -68,25 +68,30 @@ func newItem(key, value string) *item {
 
 // buf is the item's key and value bytes, for allocItem's caller to fill.
 func (it *item) buf() []byte {
-	n := int(it.klen) + int(it.vlen)
-	if n == 0 {
+	if it.size() == 0 {
 		return nil // no pointer past the allocation's end
 	}
-	return unsafe.Slice((*byte)(unsafe.Add(unsafe.Pointer(it), itemHeader)), n)
+	return unsafe.Slice(it.at(0), it.size())
 }
 
 func (it *item) key() string {
 	if it.klen == 0 {
 		return ""
 	}
-	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(it), itemHeader)), int(it.klen))
+	return unsafe.String(it.at(0), int(it.klen))
 }
 
 func (it *item) value() string {
 	if it.vlen == 0 {
 		return "" // header+klen may be the allocation's end
 	}
-	return unsafe.String((*byte)(unsafe.Add(unsafe.Pointer(it), itemHeader+int(it.klen))), int(it.vlen))
+	return unsafe.String(it.at(int(it.klen)), int(it.vlen))
+}
+
+// at is the address of the item's byte off after its header; the callers
+// keep off within the allocation.
+func (it *item) at(off int) *byte {
+	return (*byte)(unsafe.Add(unsafe.Pointer(it), itemHeader+off))
 }
 
 // size is the key's and the value's bytes together.

@@ -105,7 +105,7 @@ func withoutItem(t testing.TB, o op) op {
 	t.Helper()
 	if o.kind == opPut {
 		if o.it == nil || o.it.key() != o.key || o.it.value() != o.value || o.it.create|o.it.mod|o.it.version != 0 {
-			t.Fatalf("put of %q: decoded item %+v does not hold it", o.key, o.it)
+			t.Fatalf("put of %q: decoded item %+v does not hold it", o.key, viewOf(o.it))
 		}
 		o.it = nil
 	}
