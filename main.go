@@ -53,6 +53,7 @@ type config struct {
 	clientURL       string       // --advertise-client-url; "": derived at start
 	expectHeap      func(uint64) // told what a restart will replay (gcTuner.expect, heapPrep.grow); nil: nothing
 	hugePages       bool         // advise huge pages for the heap a restart rebuilds (hugepages.go)
+	netHTTP         bool         // serve the client API with net/http alone, without the fast lane (fastlane.go)
 }
 
 const envPrefix = "RAFTEXAMPLE_"
@@ -87,6 +88,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 	hugePages := fs.Bool("huge-pages", true, "on Linux with transparent huge pages in madvise mode, ask for them for the heap a restart rebuilds (halves a 1M-key restart on a VM; no effect with THP always or never)")
 	enablePprof := fs.Bool("enable-pprof", false, "serve Go profiles under /debug/pprof/ on the client API")
 	strictReconfig := fs.Bool("strict-reconfig-check", true, "refuse membership changes that would leave fewer reachable voters than a quorum")
+	netHTTP := fs.Bool("net-http", false, "serve the client API with Go's net/http alone; by default fasthttp serves the key-value requests and hands every other connection to net/http")
 	clientURL := fs.String("advertise-client-url", "", "the client API's URL as other members and /v1/members show it (default: http://<--listen, or the peer URL's host if --listen is 0.0.0.0 or ::>:<port>)")
 	fs.Usage = func() {} // errors are reported in one line by the caller
 
@@ -123,6 +125,7 @@ func parseConfig(args []string, getenv func(string) string, usage io.Writer) (co
 		limits: limits{keyBytes: *maxKeyBytes, valueBytes: *maxValueBytes, txnOps: *maxTxnOps, listLimit: *maxList,
 			watchers: *maxWatchers, watchWait: *maxWatchWait},
 		watchHistory: *watchHistory, enablePprof: *enablePprof, hugePages: *hugePages, strictReconfig: *strictReconfig, clientURL: *clientURL,
+		netHTTP: *netHTTP,
 	}
 	if cfg.clientURL != "" {
 		if err := validateURL("client", cfg.clientURL); err != nil {
@@ -271,7 +274,8 @@ type server struct {
 	kv      *kvstore
 	rn      *raftNode
 	api     *http.Server
-	h       *httpAPI // api's handler, under the metrics wrapper
+	fast    *fastLane // in front of api on the client port; nil with --net-http
+	h       *httpAPI  // api's handler, under the metrics wrapper
 	apiLn   net.Listener
 	removed chan struct{} // closed when this member learns it was removed
 
@@ -340,10 +344,22 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 			ErrorLog:          zap.NewStdLog(lg),
 		},
 	}
+	var apiConns net.Listener = apiLn
+	if !cfg.netHTTP {
+		s.fast = newFastLane(lg, s.api.Handler, apiLn.Addr(), cfg.maxRequestBytes)
+		apiConns = s.fast.handoff
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := s.fast.srv.Serve(apiLn); err != nil {
+				lg.Error("client API server (fast lane) stopped", zap.Error(err))
+			}
+		}()
+	}
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		if err := s.api.Serve(apiLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := s.api.Serve(apiConns); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			lg.Error("client API server stopped", zap.Error(err))
 		}
 	}()
@@ -444,6 +460,13 @@ func (s *server) stop() {
 		}
 		close(s.stopc)
 		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.requestTimeout+2*time.Second)
+		// The fast lane first: a request it reads meanwhile may still hand
+		// its connection to net/http, which then answers it.
+		if s.fast != nil {
+			if err := s.fast.srv.ShutdownWithContext(ctx); err != nil {
+				s.lg.Warn("in-flight requests of the fast lane did not finish", zap.Error(err))
+			}
+		}
 		if err := s.api.Shutdown(ctx); err != nil {
 			s.lg.Warn("in-flight requests did not finish; closing their connections", zap.Error(err))
 			s.api.Close()

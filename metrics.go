@@ -19,6 +19,10 @@ var (
 		Help:    "Client API requests by route and status class (watches last as long as they wait).",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18), // 100µs .. 13s
 	}, []string{"route", "code"})
+	metricHandoffs = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "http_handoffs_total",
+		Help: "Client connections the fast lane handed to net/http, with the request that needed it (a watch, an operator route, a membership change); see --net-http.",
+	})
 	metricProposals = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "raftexample", Name: "proposals_total",
 		Help: "Writes and membership changes proposed by this member, by how they ended: applied, or failed (with the outcome unknown or refused).",
@@ -88,7 +92,7 @@ var (
 )
 
 func init() {
-	prometheus.MustRegister(metricRequests, metricProposals, metricProposalsPending, metricLeaderChanges,
+	prometheus.MustRegister(metricRequests, metricHandoffs, metricProposals, metricProposalsPending, metricLeaderChanges,
 		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
 		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricCheckpoints, metricWatchers, metricWatchEvents, metricWALSpares)
 }
