@@ -154,16 +154,29 @@ func servedFast(ctx *fasthttp.RequestCtx, u *url.URL) bool {
 }
 
 // asksToWatch reports a request that may become a watch: ?wait in any
-// spelling, or an Accept header that names an event stream.
+// spelling, or an Accept header that names an event stream. The query is
+// parsed only if it may name wait (the handler parses it anyway, and
+// answers a malformed one the same in either lane).
 func asksToWatch(ctx *fasthttp.RequestCtx, u *url.URL) bool {
-	if u.RawQuery != "" {
-		q, err := url.ParseQuery(u.RawQuery)
-		if err != nil || q.Has("wait") {
-			return true // net/http answers a malformed query as it always has
+	if strings.ContainsAny(u.RawQuery, "w%") {
+		if q, err := url.ParseQuery(u.RawQuery); err == nil && q.Has("wait") {
+			return true
 		}
 	}
 	for _, v := range ctx.Request.Header.PeekAll(fasthttp.HeaderAccept) {
-		if bytes.Contains(bytes.ToLower(v), []byte("text/event-stream")) {
+		if containsFold(v, eventStream) {
+			return true
+		}
+	}
+	return false
+}
+
+var eventStream = []byte("text/event-stream")
+
+// containsFold says whether s holds sub, ASCII case ignored.
+func containsFold(s, sub []byte) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if bytes.EqualFold(s[i:i+len(sub)], sub) {
 			return true
 		}
 	}

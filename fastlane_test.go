@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -274,6 +275,56 @@ func TestFastResponseWritesAsNetHTTP(t *testing.T) {
 			if g, w := string(got.Header.Peek(k)), want.Header.Get(k); g != w {
 				t.Errorf("%s: %s %q, net/http %q", name, k, g, w)
 			}
+		}
+	}
+}
+
+// Which requests the lane serves and which it hands to net/http.
+func TestFastLaneRoutes(t *testing.T) {
+	for _, tc := range []struct {
+		method, uri, accept string
+		fast                bool
+	}{
+		{"GET", "/k", "", true},
+		{"HEAD", "/k", "", true},
+		{"PUT", "/k", "", true},
+		{"GET", "/k?consistency=serializable", "", true},
+		{"GET", "/", "", true},
+		{"POST", "/4", "", false},   // add a member
+		{"DELETE", "/4", "", false}, // remove one
+		{"GET", "/v1/kv/k", "", true},
+		{"DELETE", "/v1/kv/k", "", true},
+		{"GET", "/v1/kv?prefix=a", "", true},
+		{"POST", "/v1/txn", "", true},
+		{"GET", "/v1/txn", "", false},
+		{"POST", "/v1/kv/k", "", false},
+		{"GET", "/v1/kv/k?wait=true", "", false},
+		{"GET", "/v1/kv/k?w%61it=true", "", false},
+		{"GET", "/v1/kv/k?%77ait=true", "", false},
+		{"GET", "/v1/kv?prefix=a&wait=true", "", false},
+		{"GET", "/v1/kv/k?waiting=1", "", true},
+		{"GET", "/v1/kv/k", "Text/Event-Stream", false},
+		{"GET", "/v1/kv/k", "application/json, text/event-stream;q=0.5", false},
+		{"GET", "/v1/kv/k", "application/json", true},
+		{"GET", "/v1/status", "", false},
+		{"GET", "/v1/members", "", false},
+		{"GET", "/livez", "", false},
+		{"GET", "/metrics", "", false},
+		{"GET", "/debug/pprof/", "", false},
+		{"GET", "/ui/", "", false},
+	} {
+		var ctx fasthttp.RequestCtx
+		ctx.Request.Header.SetMethod(tc.method)
+		ctx.Request.Header.SetRequestURI(tc.uri)
+		if tc.accept != "" {
+			ctx.Request.Header.Set("Accept", tc.accept)
+		}
+		u, err := url.ParseRequestURI(tc.uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := servedFast(&ctx, u); got != tc.fast {
+			t.Errorf("%s %s (Accept %q): served in the lane %v, want %v", tc.method, tc.uri, tc.accept, got, tc.fast)
 		}
 	}
 }
