@@ -44,6 +44,10 @@ var (
 		Help:    "ReadIndex rounds (one serves every linearizable read waiting for it), until a quorum confirmed the commit index or the round failed.",
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 	})
+	metricRemoteReads = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "raftexample", Name: "read_index_followers_answered_total",
+		Help: "Followers' ReadIndex requests this member answered as leader from its own rounds.",
+	})
 	metricCommitted = prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "raftexample", Name: "committed_index",
 		Help: "Highest log index this member knows committed.",
@@ -93,7 +97,7 @@ var (
 
 func init() {
 	prometheus.MustRegister(metricRequests, metricHandoffs, metricProposals, metricProposalsPending, metricLeaderChanges,
-		metricHasLeader, metricReadIndex, metricCommitted, metricApplied, metricSnapshotSeconds,
+		metricHasLeader, metricReadIndex, metricRemoteReads, metricCommitted, metricApplied, metricSnapshotSeconds,
 		metricSnapshotBytes, metricLogSinceSnapshot, metricLogReadBack, metricLogMemoryBytes, metricCheckpoints, metricWatchers, metricWatchEvents, metricWALSpares)
 }
 

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -125,6 +124,19 @@ type raftNode struct {
 	readReqC   chan chan<- readResult // ReadIndex requests; served in batches by readLoop
 	readStateC chan raft.ReadState    // ReadIndex answers from readyLoop to readLoop
 	readSeq    atomic.Uint64          // makes every ReadIndex request context unique
+	// remoteReads are followers' ReadIndex requests that this member, as
+	// leader, answers from its own next round (readindex.go): appended by
+	// the transport's goroutines in Process, taken by readLoop, guarded by
+	// remoteMu. remoteReadC (capacity 1) wakes readLoop for them.
+	remoteMu    sync.Mutex
+	remoteReads []remoteRead
+	remoteReadC chan struct{}
+	// sendReadAnswers is how readLoop sends followers their answers: the
+	// transport, set by start (a test of the loop sets its own).
+	sendReadAnswers func([]*raftpb.Message)
+	// term is raft's term as last seen in a Ready's hard state; with lead,
+	// it tells readLoop whether this member led throughout a round.
+	term atomic.Uint64
 
 	// snapshotter is where rafthttp saves a snapshot file sent by the
 	// leader (snapsend.go); received is the last such file that Process
@@ -150,11 +162,6 @@ type raftNode struct {
 	wg         sync.WaitGroup
 }
 
-type readResult struct {
-	index uint64
-	err   error
-}
-
 // newRaftNode opens (or creates) the WAL and snapshot directory and replays
 // them into raft's in-memory log. Nothing runs until start.
 func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raftNode, error) {
@@ -166,6 +173,7 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 		raftStorage: newLogStorage(cfg.logWindow),
 		readReqC:    make(chan chan<- readResult, 1024),
 		readStateC:  make(chan raft.ReadState, 64),
+		remoteReadC: make(chan struct{}, 1),
 		stopc:       make(chan struct{}),
 		removedC:    make(chan struct{}),
 	}
@@ -249,6 +257,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 		DialRetryFrequency: rate.Every(100 * time.Millisecond),
 		Snapshotter:        rc.snapshotter,
 	}
+	rc.sendReadAnswers = func(ms []*raftpb.Message) { rc.transport.Send(rc.prepareMessages(ms)) }
 	if err := rc.transport.Start(); err != nil {
 		return fmt.Errorf("start peer transport: %w", err)
 	}
@@ -380,6 +389,7 @@ func (rc *raftNode) readyLoop() {
 			}
 			if !raft.IsEmptyHardState(rd.HardState) {
 				metricCommitted.Set(float64(rd.HardState.GetCommit()))
+				rc.term.Store(rd.HardState.GetTerm())
 			}
 			failpoint("wal-save-before")
 			rc.walCutMu.Lock()
@@ -634,92 +644,6 @@ func proposeError(err error) error {
 	return fmt.Errorf("propose: %w", err)
 }
 
-// readIndex returns an index such that applying up to it makes a read
-// linearizable. Concurrent callers share one ReadIndex round.
-func (rc *raftNode) readIndex(ctx context.Context) (uint64, error) {
-	ch := make(chan readResult, 1)
-	select {
-	case rc.readReqC <- ch:
-	case <-ctx.Done():
-		return 0, errTimeout
-	case <-rc.stopc:
-		return 0, errStopping
-	}
-	select {
-	case r := <-ch:
-		return r.index, r.err
-	case <-ctx.Done():
-		return 0, errTimeout
-	}
-}
-
-// readLoop serves ReadIndex requests: all requests that arrive while a round
-// is in flight are answered together by the next round.
-func (rc *raftNode) readLoop() {
-	for {
-		var batch []chan<- readResult
-		select {
-		case ch := <-rc.readReqC:
-			batch = append(batch, ch)
-		case <-rc.stopc:
-			return
-		}
-	drain:
-		for {
-			select {
-			case ch := <-rc.readReqC:
-				batch = append(batch, ch)
-			default:
-				break drain
-			}
-		}
-		start := time.Now()
-		index, err := rc.readIndexRound()
-		metricReadIndex.Observe(time.Since(start).Seconds())
-		for _, ch := range batch {
-			ch <- readResult{index: index, err: err}
-		}
-	}
-}
-
-// readIndexRound asks raft for the commit index confirmed by a quorum,
-// retrying with a fresh request context when raft drops the request (no
-// leader yet, leader changed), until requestTimeout passes.
-func (rc *raftNode) readIndexRound() (uint64, error) {
-	deadline := time.NewTimer(rc.cfg.requestTimeout)
-	defer deadline.Stop()
-	retry := time.NewTicker(readRetryEvery)
-	defer retry.Stop()
-	for {
-		rctx := binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, rc.cfg.id), rc.readSeq.Add(1))
-		ctx, cancel := context.WithTimeout(context.Background(), readRetryEvery)
-		err := rc.node.ReadIndex(ctx, rctx)
-		cancel()
-		if errors.Is(err, raft.ErrStopped) {
-			return 0, errStopping
-		}
-	wait:
-		for {
-			select {
-			case rs := <-rc.readStateC:
-				if string(rs.RequestCtx) == string(rctx) {
-					return rs.Index, nil
-				}
-				// an answer to an earlier attempt: stale, keep waiting
-			case <-retry.C:
-				break wait
-			case <-deadline.C:
-				if rc.lead.Load() == 0 {
-					return 0, errNoLeader
-				}
-				return 0, errTimeout
-			case <-rc.stopc:
-				return 0, errStopping
-			}
-		}
-	}
-}
-
 // The rafthttp.Raft interface: how the transport reaches raft.
 
 func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
@@ -736,6 +660,9 @@ func (rc *raftNode) Process(ctx context.Context, m *raftpb.Message) error {
 			return err
 		}
 		failpoint("snapshot-received")
+	}
+	if m.GetType() == raftpb.MsgReadIndex && rc.queueRemoteRead(m) {
+		return nil
 	}
 	return rc.node.Step(ctx, m)
 }

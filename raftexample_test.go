@@ -203,11 +203,15 @@ func do(t testing.TB, method, url, body string) response {
 
 // tryDo sends one request; a member that is down is an error, not a failure.
 func tryDo(method, url, body string) (response, error) {
+	return tryDoWith(httpClient, method, url, body)
+}
+
+func tryDoWith(client *http.Client, method, url, body string) (response, error) {
 	req, err := http.NewRequest(method, url, strings.NewReader(body))
 	if err != nil {
 		return response{}, err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return response{}, err
 	}
