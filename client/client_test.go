@@ -11,14 +11,29 @@ import (
 	"testing"
 )
 
+// clients are the two ways a Client sends: through net/http (any other
+// http.Client) and around it (Transport.call, for a plain http.Client on
+// this package's Transport).
+var clients = map[string]func(srv *httptest.Server) *http.Client{
+	"net/http":  func(srv *httptest.Server) *http.Client { return srv.Client() },
+	"Transport": func(*httptest.Server) *http.Client { return &http.Client{Transport: NewTransport()} },
+}
+
 func TestOutcomes(t *testing.T) {
+	for name, hc := range clients {
+		t.Run(name, func(t *testing.T) { testOutcomes(t, hc) })
+	}
+}
+
+func testOutcomes(t *testing.T, hc func(*httptest.Server) *http.Client) {
 	answer := func(status int, body string) *Client {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(status)
 			w.Write([]byte(body))
 		}))
-		t.Cleanup(srv.Close)
-		return New(srv.URL, srv.Client())
+		c := hc(srv)
+		t.Cleanup(func() { c.CloseIdleConnections(); srv.Close() })
+		return New(srv.URL, c)
 	}
 	ctx := context.Background()
 	for _, tc := range []struct {
@@ -79,9 +94,17 @@ func TestOutcomes(t *testing.T) {
 }
 
 func TestRequestsAndAnswers(t *testing.T) {
+	for name, hc := range clients {
+		t.Run(name, func(t *testing.T) { testRequestsAndAnswers(t, hc) })
+	}
+}
+
+func testRequestsAndAnswers(t *testing.T, hc func(*httptest.Server) *http.Client) {
 	var got []string
+	var agents []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got = append(got, r.Method+" "+r.URL.RequestURI()+" "+r.Header.Get("If-Match")+r.Header.Get("If-None-Match"))
+		agents = append(agents, r.UserAgent())
 		switch r.URL.Path {
 		case "/4":
 			w.WriteHeader(http.StatusNoContent)
@@ -112,7 +135,8 @@ func TestRequestsAndAnswers(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c := New(srv.URL, srv.Client())
+	c := New(srv.URL, hc(srv))
+	defer c.HTTP.CloseIdleConnections()
 	ctx := context.Background()
 	kv, err := c.Get(ctx, "a b/c", true)
 	if err != nil || kv.Key != "a b/c" || kv.Value == nil || *kv.Value != "v" || kv.ValueBase64 != nil || kv.CreateIndex != 3 || kv.ModIndex != 9 || kv.Version != 2 {
@@ -149,6 +173,10 @@ func TestRequestsAndAnswers(t *testing.T) {
 		if i >= len(got) || got[i] != want[i] {
 			t.Fatalf("requests: %q, want %q", got, want)
 		}
+	}
+	// What goes around net/http says so; RootGet always goes through it.
+	if _, fast := c.HTTP.Transport.(*Transport); fast && (agents[0] != userAgent || agents[len(agents)-1] == userAgent) {
+		t.Fatalf("user agents %q: want %s on every call but RootGet's", agents, userAgent)
 	}
 }
 

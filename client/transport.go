@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/valyala/fasthttp"
 )
 
 // Transport is an http.RoundTripper for plain-HTTP/1.1 members that does a
@@ -32,6 +34,14 @@ import (
 // the client reports its outcome as unknown, as it must for any write
 // whose answer was lost. https:// URLs, and requests for an event stream,
 // are handed to Fallback, which also serves HTTP/2 and proxies.
+//
+// A Client whose http.Client is plain over a Transport (no cookie jar, any
+// Timeout) goes further for an http:// member: it does not build an
+// http.Request or read an http.Response at all, but has the Transport
+// write the request and parse the answer with fasthttp
+// (github.com/valyala/fasthttp), on the same pooled connections and with
+// the same rules for reuse and retries (call). Redirects are then not
+// followed; the member sends none to the client's routes.
 //
 // Safe for concurrent use; each request holds its own connection.
 type Transport struct {
@@ -128,17 +138,7 @@ func (t *Transport) dial(ctx context.Context, host string) (*pconn, error) {
 // empty body) and is closed on any error or early Close.
 func (t *Transport) exchange(req *http.Request, c *pconn) (*http.Response, error) {
 	ctx := req.Context()
-	// The caller's context ends the exchange by failing the connection's
-	// I/O; the callback runs only if ctx ends before stop is called.
-	stop := context.AfterFunc(ctx, func() { c.nc.SetDeadline(aLongTimeAgo) })
-	fail := func(err error) error {
-		stop()
-		c.nc.Close()
-		if ctx.Err() != nil {
-			return fmt.Errorf("%w (%v)", ctx.Err(), err)
-		}
-		return err
-	}
+	stop, fail := guard(ctx, c)
 	if err := req.Write(c.bw); err != nil {
 		return nil, fail(err)
 	}
@@ -161,6 +161,22 @@ func (t *Transport) exchange(req *http.Request, c *pconn) (*http.Response, error
 	}
 	resp.Body = &bodyReader{rc: resp.Body, t: t, c: c, stop: stop, keep: keep, ctx: ctx}
 	return resp, nil
+}
+
+// guard makes ctx end an exchange on c by failing the connection's I/O;
+// its callback runs only if ctx ends before stop is called. fail closes c
+// and returns err, with ctx's error first if ctx ended.
+func guard(ctx context.Context, c *pconn) (stop func() bool, fail func(error) error) {
+	stop = context.AfterFunc(ctx, func() { c.nc.SetDeadline(aLongTimeAgo) })
+	fail = func(err error) error {
+		stop()
+		c.nc.Close()
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return err
+	}
+	return stop, fail
 }
 
 // done ends a request's use of c: back to the pool if the exchange
@@ -290,4 +306,74 @@ func aliveByDeadline(c *pconn) bool {
 	c.nc.SetReadDeadline(time.Time{})
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// userAgent names this package in the requests Transport.call sends (net/http
+// sends its own, Go-http-client/1.1).
+const userAgent = "raftexample-client"
+
+// call does a request's whole exchange without net/http's Request and
+// Response: fasthttp's request writer and answer parser on a pooled
+// connection, the answer read whole. Client uses it when its http.Client
+// is plain over this Transport (no cookie jar) and the member is http://.
+// A GET or HEAD that fails on a reused connection is retried once on a new
+// one, as RoundTrip does. The caller releases the answer
+// (fasthttp.ReleaseResponse).
+func (t *Transport) call(ctx context.Context, method, addr, host, uri string, header http.Header, body []byte) (*fasthttp.Response, error) {
+	req := fasthttp.AcquireRequest()
+	defer fasthttp.ReleaseRequest(req)
+	req.Header.SetNoDefaultContentType(true)
+	req.Header.SetMethod(method)
+	req.Header.SetRequestURI(uri)
+	req.Header.SetHost(host)
+	if header.Get("User-Agent") == "" {
+		req.Header.SetUserAgent(userAgent)
+	}
+	for k, vs := range header {
+		for _, v := range vs {
+			req.Header.Add(k, v)
+		}
+	}
+	req.SetBodyRaw(body)
+	resp := fasthttp.AcquireResponse()
+	resp.SkipBody = method == http.MethodHead
+	retryable := (method == http.MethodGet || method == http.MethodHead) && len(body) == 0
+	for attempt := 0; ; attempt++ {
+		c := t.get(addr)
+		reused := c != nil
+		var err error
+		if c == nil {
+			c, err = t.dial(ctx, addr)
+		}
+		if err == nil {
+			if err = t.exchangeWhole(ctx, c, req, resp); err == nil {
+				return resp, nil
+			}
+		}
+		if !reused || !retryable || attempt > 0 || ctx.Err() != nil {
+			fasthttp.ReleaseResponse(resp)
+			return nil, err
+		}
+		resp.Reset()
+		resp.SkipBody = method == http.MethodHead
+	}
+}
+
+// exchangeWhole writes req on c and reads its whole answer into resp; c goes
+// back to the pool unless the member closes it, and is closed on any error.
+func (t *Transport) exchangeWhole(ctx context.Context, c *pconn, req *fasthttp.Request, resp *fasthttp.Response) error {
+	stop, fail := guard(ctx, c)
+	if err := req.Write(c.bw); err != nil {
+		return fail(err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fail(err)
+	}
+	if err := resp.Read(c.br); err != nil {
+		return fail(err)
+	}
+	// fasthttp counts an answer whose body ran until the member closed the
+	// connection, and an HTTP/1.0 one without keep-alive, as closing it.
+	t.done(c, stop, !resp.ConnectionClose())
+	return nil
 }

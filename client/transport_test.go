@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -143,7 +144,7 @@ func TestTransportContextEndsTheExchange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	_, _, err := c.do(ctx, http.MethodPut, "/block", nil, []byte("v"), true, nil)
+	err := c.do(ctx, http.MethodPut, "/block", nil, []byte("v"), true, nil, nil)
 	var e *Error
 	if !errors.As(err, &e) || e.Outcome != Unknown || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a write whose context ended: %v, want an unknown outcome and context.DeadlineExceeded", err)
@@ -165,7 +166,7 @@ func TestTransportNoticesAClosedIdleConnection(t *testing.T) {
 	c := New(srv.URL, &http.Client{Transport: tr})
 	ctx := context.Background()
 	put := func() error {
-		_, _, err := c.do(ctx, http.MethodPut, "/echo/p", nil, []byte("v"), true, nil)
+		err := c.do(ctx, http.MethodPut, "/echo/p", nil, []byte("v"), true, nil, nil)
 		return err
 	}
 	if err := put(); err != nil {
@@ -193,43 +194,55 @@ func TestTransportNoticesAClosedIdleConnection(t *testing.T) {
 	}
 }
 
+// Concurrent requests, through RoundTrip and through call, each get their
+// own answer, and the pool keeps at most MaxIdlePerHost connections.
 func TestTransportConcurrentRequestsGetTheirOwnAnswers(t *testing.T) {
-	srv, conns := countingServer(t)
-	tr := &Transport{MaxIdlePerHost: 2}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr}
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for g := range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 40 {
-				key := fmt.Sprintf("g%di%d", g, i)
-				resp, err := hc.Post(srv.URL+"/echo/"+key, "text/plain", strings.NewReader(key))
-				if err != nil {
-					errs <- err
-					return
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if want := key + " POST " + key; err != nil || string(b) != want {
-					errs <- fmt.Errorf("%q %v, want %q", b, err, want)
-					return
+	for _, how := range []string{"RoundTrip", "call"} {
+		t.Run(how, func(t *testing.T) {
+			srv, conns := countingServer(t)
+			tr := &Transport{MaxIdlePerHost: 2}
+			defer tr.CloseIdleConnections()
+			hc := &http.Client{Transport: tr}
+			post := func(key string) (string, error) { return send(New(srv.URL, hc), "POST", "/echo/"+key, key) }
+			if how == "RoundTrip" {
+				post = func(key string) (string, error) {
+					resp, err := hc.Post(srv.URL+"/echo/"+key, "text/plain", strings.NewReader(key))
+					if err != nil {
+						return "", err
+					}
+					defer resp.Body.Close()
+					b, err := io.ReadAll(resp.Body)
+					return string(b), err
 				}
 			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	tr.mu.Lock()
-	pooled := len(tr.idle[strings.TrimPrefix(srv.URL, "http://")])
-	tr.mu.Unlock()
-	if pooled > 2 || conns.Load() < 2 {
-		t.Fatalf("%d pooled connections (at most 2), %d made", pooled, conns.Load())
+			var wg sync.WaitGroup
+			errs := make(chan error, 16)
+			for g := range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range 40 {
+						key := fmt.Sprintf("g%di%d", g, i)
+						got, err := post(key)
+						if want := key + " POST " + key; err != nil || got != want {
+							errs <- fmt.Errorf("%q %v, want %q", got, err, want)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				t.Fatal(err)
+			}
+			tr.mu.Lock()
+			pooled := len(tr.idle[strings.TrimPrefix(srv.URL, "http://")])
+			tr.mu.Unlock()
+			if pooled > 2 || conns.Load() < 2 {
+				t.Fatalf("%d pooled connections (at most 2), %d made", pooled, conns.Load())
+			}
+		})
 	}
 }
 
@@ -268,3 +281,166 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // The transport runs no goroutine of its own; the tests' servers and
 // net/http's transports must not leave any either.
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// send does one request through Client.do, which goes around net/http on
+// this package's Transport (Transport.call), and returns the answer's body.
+func send(c *Client, method, path, body string) (string, error) {
+	var got string
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := c.do(ctx, method, path, nil, []byte(body), method != http.MethodGet && method != http.MethodHead, nil, func(r *reply) error {
+		got = string(r.body)
+		return nil
+	})
+	return got, err
+}
+
+func expectSent(t *testing.T, c *Client, method, path, body, want, what string) {
+	t.Helper()
+	got, err := send(c, method, path, body)
+	if err != nil || got != want {
+		t.Fatalf("%s: %q %v, want %q", what, got, err, want)
+	}
+}
+
+// The same exchanges as TestTransportReusesOneConnection and
+// TestTransportDropsConnectionsItCannotReuse, around net/http.
+func TestCallReusesConnectionsItCan(t *testing.T) {
+	srv, conns := countingServer(t)
+	tr := NewTransport()
+	defer tr.CloseIdleConnections()
+	c := New(srv.URL, &http.Client{Transport: tr})
+	for i := range 50 {
+		method := []string{"GET", "PUT", "DELETE", "POST"}[i%4]
+		q := ""
+		if i%3 == 0 {
+			q = "?flush=1" // a chunked answer
+		}
+		want := fmt.Sprintf("k%d %s %s", i, method, strings.Repeat("x", i*37))
+		expectSent(t, c, method, "/echo/k"+fmt.Sprint(i)+q, strings.Repeat("x", i*37), want, fmt.Sprintf("request %d", i))
+		expectSent(t, c, "GET", "/empty", "", "", "empty answer")
+		expectSent(t, c, "GET", "/hints", "", "after hints", "an answer after 103 Early Hints")
+		expectSent(t, c, "GET", "/big", "", strings.Repeat("b", 1<<20), "a 1 MiB answer")
+		expectSent(t, c, "HEAD", "/echo/h", "", "", "HEAD (its Content-Length announces a body it has not)")
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("%d connections for 250 sequential requests, want 1", n)
+	}
+	// The member closes the connection after its answer.
+	expectSent(t, c, "GET", "/close", "", "bye", "close")
+	expectSent(t, c, "PUT", "/echo/b", "2", "b PUT 2", "after Connection: close")
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (a new one after Connection: close)", n)
+	}
+	// An endpoint with a path prefix and a trailing slash.
+	expectSent(t, New(srv.URL+"/echo/", &http.Client{Transport: tr}), "GET", "/p", "", "p GET ", "a prefixed endpoint")
+}
+
+// A read on a connection the member closed just before it is sent again on
+// a new one; a write is not (it may have arrived): its outcome is unknown.
+func TestCallRetriesOnlyReads(t *testing.T) {
+	srv, conns := countingServer(t)
+	tr := NewTransport()
+	defer tr.CloseIdleConnections()
+	c := New(srv.URL, &http.Client{Transport: tr})
+	closeJustBefore := func() {
+		expectSent(t, c, "GET", "/echo/x", "", "x GET ", "a pooled connection")
+		srv.CloseClientConnections()
+		time.Sleep(20 * time.Millisecond)
+		tr.mu.Lock()
+		for _, pc := range tr.idle[strings.TrimPrefix(srv.URL, "http://")] {
+			pc.idleFrom = time.Now() // too recent to be checked
+		}
+		tr.mu.Unlock()
+	}
+	closeJustBefore()
+	expectSent(t, c, "GET", "/echo/g", "", "g GET ", "a read after the member closed the connection")
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+	closeJustBefore()
+	_, err := send(c, "PUT", "/echo/p", "v")
+	var e *Error
+	if !errors.As(err, &e) || e.Outcome != Unknown {
+		t.Fatalf("a write on a connection the member closed: %v, want an error with an unknown outcome", err)
+	}
+	if n := conns.Load(); n != 2 {
+		t.Fatalf("%d connections, want 2 (none for a retry of the write)", n)
+	}
+}
+
+func TestCallEndsWithItsContextOrTheClientTimeout(t *testing.T) {
+	srv, _ := countingServer(t)
+	tr := NewTransport()
+	defer tr.CloseIdleConnections()
+	c := New(srv.URL, &http.Client{Transport: tr, Timeout: 100 * time.Millisecond})
+	start := time.Now()
+	_, err := send(c, "PUT", "/block", "v")
+	var e *Error
+	if !errors.As(err, &e) || e.Outcome != Unknown || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a write past the client's timeout: %v, want an unknown outcome and context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the exchange ended %v after the timeout", d)
+	}
+}
+
+func TestPlainEndpoint(t *testing.T) {
+	for _, tc := range []struct{ endpoint, addr, host, prefix string }{
+		{"http://127.0.0.1:12380", "127.0.0.1:12380", "127.0.0.1:12380", ""},
+		{"http://127.0.0.1:12380/", "127.0.0.1:12380", "127.0.0.1:12380", ""},
+		{"http://h:1/a/b/", "h:1", "h:1", "/a/b"},
+		{"http://localhost", "localhost:80", "localhost", ""},
+		{"http://[::1]", "[::1]:80", "[::1]", ""},
+		{"http://[::1]:7/p", "[::1]:7", "[::1]:7", "/p"},
+		{"http://h:", "h:80", "h:", ""},
+		{"https://h:1", "", "", ""},
+		{"http://u:p@h:1", "", "", ""},
+		{"http://h:1?q", "", "", ""},
+		{"http://", "", "", ""},
+		{"h:1", "", "", ""},
+	} {
+		addr, host, prefix, ok := plainEndpoint(tc.endpoint)
+		if addr != tc.addr || host != tc.host || prefix != tc.prefix || ok != (tc.addr != "") {
+			t.Errorf("%s: %q %q %q %v, want %q %q %q", tc.endpoint, addr, host, prefix, ok, tc.addr, tc.host, tc.prefix)
+		}
+	}
+}
+
+// A member's answer without a length (its body runs until the connection
+// closes), or HTTP/1.0 without keep-alive, ends the connection: the next
+// request goes on a new one.
+func TestCallDoesNotReuseAConnectionTheAnswerEnds(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	answers := []string{
+		"HTTP/1.1 200 OK\r\n\r\nuntil close",
+		"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold",
+		"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast",
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for _, a := range answers {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			nc.SetDeadline(time.Now().Add(5 * time.Second))
+			bufio.NewReader(nc).ReadString('\n') // the request line is enough
+			nc.Write([]byte(a))
+			nc.Close()
+		}
+	}()
+	defer func() { ln.Close(); <-done }()
+	tr := NewTransport()
+	defer tr.CloseIdleConnections()
+	c := New("http://"+ln.Addr().String(), &http.Client{Transport: tr})
+	// Each answer comes on a connection of its own: a reuse would find the
+	// closed connection and fail (the Accept loop takes one per answer).
+	for _, want := range []string{"until close", "old", "last"} {
+		expectSent(t, c, "PUT", "/x", "v", want, "an answer on a new connection")
+	}
+}
