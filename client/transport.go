@@ -336,9 +336,9 @@ func (t *Transport) call(ctx context.Context, method, addr, host, uri string, he
 	}
 	req.SetBodyRaw(body)
 	resp := fasthttp.AcquireResponse()
-	resp.SkipBody = method == http.MethodHead
 	retryable := (method == http.MethodGet || method == http.MethodHead) && len(body) == 0
 	for attempt := 0; ; attempt++ {
+		resp.SkipBody = method == http.MethodHead // an answer to HEAD announces a body it has not
 		c := t.get(addr)
 		reused := c != nil
 		var err error
@@ -355,7 +355,6 @@ func (t *Transport) call(ctx context.Context, method, addr, host, uri string, he
 			return nil, err
 		}
 		resp.Reset()
-		resp.SkipBody = method == http.MethodHead
 	}
 }
 
