@@ -225,7 +225,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return fmt.Errorf("build raftexample: %w", err)
 		}
 	}
-	fsyncs, err := fsyncRate(work)
+	disk, err := measureDiskSync(work)
 	if err != nil {
 		return fmt.Errorf("measure fsync rate: %w", err)
 	}
@@ -246,7 +246,7 @@ func run(ctx context.Context, o *options, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	printTable(stdout, o, all, fsyncs)
+	printTable(stdout, o, all, disk)
 	var lost []string
 	for _, m := range all {
 		if m.Lost+m.Unread > 0 {
@@ -474,10 +474,10 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-func printTable(w io.Writer, o *options, all []measurement, fsyncs float64) {
+func printTable(w io.Writer, o *options, all []measurement, disk diskSync) {
 	host, _ := os.Hostname()
-	fmt.Fprintf(w, "machine: %s, %d cores, %s/%s, %.0f fsyncs/s (4 KiB write + fdatasync), %s\n",
-		host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, fsyncs, runtime.Version())
+	fmt.Fprintf(w, "machine: %s, %d cores, %s/%s, %.0f fsyncs/s (4 KiB write + fdatasync, %.0f µs of CPU each), %s\n",
+		host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, disk.perSec, float64(disk.cpuEach)/float64(time.Microsecond), runtime.Version())
 	fmt.Fprintf(w, "runs: %d pass(es), %v each after %v warm-up, %d-byte values, reads over %d keys; medians of the passes\n\n",
 		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

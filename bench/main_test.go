@@ -48,7 +48,7 @@ func TestTableRowPerRole(t *testing.T) {
 		{System: "raftexample", Op: "put", Clients: 16, OpsPerSec: 6000},
 	}
 	var b bytes.Buffer
-	printTable(&b, o, all, 1000)
+	printTable(&b, o, all, diskSync{perSec: 1000, cpuEach: 40 * time.Microsecond})
 	rows := map[string]string{}
 	for _, line := range strings.Split(b.String(), "\n") {
 		f := strings.Fields(line)
@@ -69,6 +69,21 @@ func TestTableRowPerRole(t *testing.T) {
 	}
 	if len(rows) != len(want) {
 		t.Errorf("rows %v, want %v", rows, want)
+	}
+	if !strings.Contains(b.String(), "1000 fsyncs/s (4 KiB write + fdatasync, 40 µs of CPU each)") {
+		t.Errorf("the machine line lacks the disk's figures:\n%s", b.String())
+	}
+}
+
+// The disk's figures are a rate and a CPU time per sync, both measured:
+// a sync that cost no CPU at all would mean the clock was not read.
+func TestMeasureDiskSync(t *testing.T) {
+	d, err := measureDiskSync(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.perSec < 1 || d.cpuEach <= 0 || d.cpuEach > time.Second/time.Duration(d.perSec) {
+		t.Errorf("%.0f syncs/s, %v of CPU each: want a positive rate and CPU per sync no more than a sync's wall time", d.perSec, d.cpuEach)
 	}
 }
 

@@ -222,28 +222,56 @@ func (c *cluster) rssMB() (now, peak float64) {
 	return now, peak
 }
 
-// fsyncRate measures how many 4 KiB write + fdatasync rounds the disk
-// under dir does in a second: the floor under a durable write's latency.
-func fsyncRate(dir string) (float64, error) {
+// diskSync is what a 4 KiB write + fdatasync round costs on the disk under
+// the work dir: how many a second (the floor under a durable write's
+// latency) and the CPU time each takes (user + system; on a virtual disk
+// the sync's own kernel work is tens of µs, which every store that syncs
+// pays per fsync, so it sets part of the CPU per write of both).
+type diskSync struct {
+	perSec  float64
+	cpuEach time.Duration
+}
+
+func measureDiskSync(dir string) (diskSync, error) {
 	f, err := os.CreateTemp(dir, "fsync-*")
 	if err != nil {
-		return 0, err
+		return diskSync{}, err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
 	buf := make([]byte, 4096)
+	cpu0, err := selfCPU()
+	if err != nil {
+		return diskSync{}, err
+	}
 	start := time.Now()
 	n := 0
 	for time.Since(start) < time.Second {
 		if _, err := f.WriteAt(buf, 0); err != nil {
-			return 0, err
+			return diskSync{}, err
 		}
 		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
-			return 0, err
+			return diskSync{}, err
 		}
 		n++
 	}
-	return float64(n) / time.Since(start).Seconds(), nil
+	elapsed := time.Since(start)
+	cpu1, err := selfCPU()
+	if err != nil {
+		return diskSync{}, err
+	}
+	return diskSync{perSec: float64(n) / elapsed.Seconds(), cpuEach: (cpu1 - cpu0) / time.Duration(n)}, nil
+}
+
+// selfCPU is this process's user + system time so far. The comparison
+// measures the disk before it starts any member, so the process is then
+// doing little else.
+func selfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
 }
 
 // raftexampleLeader returns the index in endpoints of the member that leads.
