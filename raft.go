@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,6 +203,18 @@ func newRaftNode(lg *zap.Logger, cfg raftConfig, proposeC <-chan proposal) (*raf
 // raft), then the loops. The peer listener is already bound, so a port
 // conflict was reported before this.
 func (rc *raftNode) start(peerLn *stoppableListener) error {
+	// The transport's own URLs go in a header of every request it makes
+	// to a peer (X-PeerURLs). A member that missed the conf change adding
+	// this one learns from it where to answer: without it, a member back
+	// from a restart while a newcomer leads can hear the leader but never
+	// answer it, and stays behind for good (rafthttp's AddRemote).
+	if rc.cfg.id < 1 || rc.cfg.id > uint64(len(rc.cfg.peers)) {
+		return fmt.Errorf("member %d has no peer URL in a cluster of %d", rc.cfg.id, len(rc.cfg.peers))
+	}
+	selfURLs, err := types.NewURLs([]string{rc.cfg.peers[rc.cfg.id-1]})
+	if err != nil {
+		return fmt.Errorf("this member's peer URL: %w", err)
+	}
 	c := &raft.Config{
 		ID:            rc.cfg.id,
 		ElectionTick:  rc.cfg.electionTicks,
@@ -249,6 +262,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 	rc.transport = &rafthttp.Transport{
 		Logger:             rc.lg,
 		ID:                 types.ID(rc.cfg.id),
+		URLs:               selfURLs,
 		ClusterID:          clusterID,
 		Raft:               rc,
 		ServerStats:        stats.NewServerStats("", ""),
@@ -267,7 +281,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 			rc.setPeer(id, u)
 		}
 	}
-	rc.peerServer = &http.Server{Handler: rc.transport.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	rc.peerServer = &http.Server{Handler: dropBadPeerURLs(rc.transport.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	rc.wg.Add(1)
 	go func() {
 		defer rc.wg.Done()
@@ -289,6 +303,21 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 	go func() { defer rc.wg.Done(); rc.proposeLoop() }()
 	go func() { defer rc.wg.Done(); rc.readLoop() }()
 	return nil
+}
+
+// dropBadPeerURLs removes an X-PeerURLs header that does not parse before
+// rafthttp sees it: for a sender it does not know, rafthttp adds the URLs
+// as a remote and panics on ones it cannot parse (net/http recovers, but
+// each such request leaves a panic and its stack in the log).
+func dropBadPeerURLs(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.Header.Get("X-PeerURLs"); v != "" {
+			if _, err := types.NewURLs(strings.Split(v, ",")); err != nil {
+				r.Header.Del("X-PeerURLs")
+			}
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // stop ends raft's loops; commitC is closed when it returns. The state

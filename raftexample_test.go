@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -531,6 +532,96 @@ func TestAddAndRemoveMembers(t *testing.T) {
 	c.mustGet(3, "after-59", "x")
 	if p := c.nodes[3].rn.transport.Get(3); p != nil {
 		t.Error("restarted member 4 still has a transport peer for removed member 3")
+	}
+}
+
+// A member that was down while a newcomer joined does not know the
+// newcomer's address, and here the newcomer leads when it comes back: its
+// answers have nowhere to go unless the newcomer's requests carry its peer
+// URLs (rafthttp's X-PeerURLs, from the transport's URLs), and it never
+// catches up (found by the fault suite: a member that stayed behind for
+// good after a restart, while a member added meanwhile led).
+func TestMemberThatMissedANewcomerFollowsItAsLeader(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.leader()
+	c.mustPut(0, "before", "1")
+	c.stop(2)
+
+	newPeer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	lead := c.leader()
+	if r := do(t, "POST", c.url(lead, "/4"), newPeer); r.code != http.StatusNoContent {
+		t.Fatalf("POST /4: %d %s", r.code, r.body)
+	}
+	c.addConfig(4, append(append([]string{}, c.peers...), newPeer), true, nil)
+	c.start(3)
+	c.mustPut(3, "while-3-was-down", "2")
+	if lead := c.leader(); lead != 3 {
+		if r := do(t, "POST", c.url(lead, "/v1/leader/transfer"), `{"to": 4}`); r.code != http.StatusOK || !strings.Contains(r.body, `"moved":true`) {
+			t.Fatalf("transfer to member 4: %d %s", r.code, r.body)
+		}
+	}
+	if lead := c.leader(); lead != 3 {
+		t.Fatalf("member %d leads, want member 4", lead+1)
+	}
+
+	// Member 3 restarts on its old data and its old --cluster: it knows
+	// members 1-3 only.
+	c.start(2)
+	eventually(t, 15*time.Second, func() error {
+		r, err := tryDo("GET", c.url(2, "/while-3-was-down"), "")
+		if err != nil {
+			return err
+		}
+		if r.code != http.StatusOK || r.body != "2" {
+			return fmt.Errorf("member 3: %d %q", r.code, r.body)
+		}
+		return nil
+	})
+	c.mustPut(2, "from-3", "3")
+	c.mustGet(3, "from-3", "3")
+}
+
+// rafthttp adds an unknown sender's X-PeerURLs as a remote and panics on
+// URLs it cannot parse; the peer server drops such a header first.
+func TestBadPeerURLsHeaderIsDropped(t *testing.T) {
+	var got []string
+	h := dropBadPeerURLs(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Header.Get("X-PeerURLs"))
+	}))
+	sent := []string{"http://127.0.0.1:1", "http://127.0.0.1:1,https://10.0.0.2:2380", "::bad", "http://127.0.0.1:1,nonsense", "http://no-port", ""}
+	want := []string{"http://127.0.0.1:1", "http://127.0.0.1:1,https://10.0.0.2:2380", "", "", "", ""}
+	for _, v := range sent {
+		req, _ := http.NewRequest("POST", "http://x/raft", nil)
+		if v != "" {
+			req.Header.Set("X-PeerURLs", v)
+		}
+		h.ServeHTTP(nil, req)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("headers passed on %q, want %q", got, want)
+	}
+
+	// On a member: a request from an unknown sender with such a header.
+	c := newTestCluster(t, 1, nil)
+	c.leader()
+	for _, path := range []string{"/raft", "/raft/stream/message/1"} {
+		req, _ := http.NewRequest("POST", c.peers[0]+path, strings.NewReader("x"))
+		if strings.Contains(path, "stream") {
+			req.Method = "GET"
+		}
+		for k, v := range map[string]string{"X-Etcd-Cluster-ID": types.ID(clusterID).String(), "X-Server-From": "99", "X-Raft-To": "1",
+			"X-PeerURLs": "::bad", "X-Server-Version": "3.7.3", "X-Min-Cluster-Version": "3.0.0"} {
+			req.Header.Set(k, v)
+		}
+		if resp, err := httpClient.Do(req); err != nil {
+			t.Errorf("%s: %v", path, err)
+		} else {
+			resp.Body.Close()
+		}
+	}
+	c.mustPut(0, "k", "v")
+	if strings.Contains(c.log.String(), "failed NewURLs") {
+		t.Errorf("rafthttp was handed URLs it cannot parse:\n%s", c.log.String())
 	}
 }
 
