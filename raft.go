@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coreos/go-semver/semver"
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
@@ -281,7 +282,7 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 			rc.setPeer(id, u)
 		}
 	}
-	rc.peerServer = &http.Server{Handler: dropBadPeerURLs(rc.transport.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	rc.peerServer = &http.Server{Handler: guardPeerHeaders(rc.transport.Handler()), ReadHeaderTimeout: 10 * time.Second}
 	rc.wg.Add(1)
 	go func() {
 		defer rc.wg.Done()
@@ -305,12 +306,22 @@ func (rc *raftNode) start(peerLn *stoppableListener) error {
 	return nil
 }
 
-// dropBadPeerURLs removes an X-PeerURLs header that does not parse before
-// rafthttp sees it: for a sender it does not know, rafthttp adds the URLs
-// as a remote and panics on ones it cannot parse (net/http recovers, but
-// each such request leaves a panic and its stack in the log).
-func dropBadPeerURLs(h http.Handler) http.Handler {
+// guardPeerHeaders keeps headers rafthttp would panic on from reaching it
+// (net/http recovers such a panic, but each request then leaves a panic
+// and its stack in the log). A version it cannot parse (X-Server-Version,
+// X-Min-Cluster-Version) gets a 400. An X-PeerURLs that does not parse is
+// dropped: for a sender rafthttp does not know, it adds those URLs as a
+// remote peer.
+func guardPeerHeaders(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for _, name := range []string{"X-Server-Version", "X-Min-Cluster-Version"} {
+			if v := r.Header.Get(name); v != "" {
+				if _, err := semver.NewVersion(v); err != nil {
+					http.Error(w, name+" is not a version: "+strconv.Quote(v), http.StatusBadRequest)
+					return
+				}
+			}
+		}
 		if v := r.Header.Get("X-PeerURLs"); v != "" {
 			if _, err := types.NewURLs(strings.Split(v, ",")); err != nil {
 				r.Header.Del("X-PeerURLs")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -581,11 +582,12 @@ func TestMemberThatMissedANewcomerFollowsItAsLeader(t *testing.T) {
 	c.mustGet(3, "from-3", "3")
 }
 
-// rafthttp adds an unknown sender's X-PeerURLs as a remote and panics on
-// URLs it cannot parse; the peer server drops such a header first.
-func TestBadPeerURLsHeaderIsDropped(t *testing.T) {
+// rafthttp panics on a version header it cannot parse, and on X-PeerURLs
+// it cannot parse from a sender it does not know (adding them as a remote
+// peer); the peer server answers the first with a 400 and drops the second.
+func TestPeerHeadersRafthttpPanicsOnAreGuarded(t *testing.T) {
 	var got []string
-	h := dropBadPeerURLs(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := guardPeerHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got = append(got, r.Header.Get("X-PeerURLs"))
 	}))
 	sent := []string{"http://127.0.0.1:1", "http://127.0.0.1:1,https://10.0.0.2:2380", "::bad", "http://127.0.0.1:1,nonsense", "http://no-port", ""}
@@ -595,28 +597,55 @@ func TestBadPeerURLsHeaderIsDropped(t *testing.T) {
 		if v != "" {
 			req.Header.Set("X-PeerURLs", v)
 		}
-		h.ServeHTTP(nil, req)
+		h.ServeHTTP(httptest.NewRecorder(), req)
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("headers passed on %q, want %q", got, want)
 	}
+	got = nil
+	for _, hdr := range [][2]string{{"X-Server-Version", "3.7.3"}, {"X-Min-Cluster-Version", "3.0.0"}, {"X-Server-Version", "three"}, {"X-Min-Cluster-Version", "3.0"}} {
+		req, _ := http.NewRequest("POST", "http://x/raft", nil)
+		req.Header.Set(hdr[0], hdr[1])
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if valid := hdr[1] != "three" && hdr[1] != "3.0"; valid != (rec.Code != http.StatusBadRequest) {
+			t.Errorf("%s: %s: %d %q", hdr[0], hdr[1], rec.Code, rec.Body.String())
+		}
+	}
+	if len(got) != 2 {
+		t.Errorf("%d requests reached rafthttp, want the 2 with valid versions", len(got))
+	}
 
-	// On a member: a request from an unknown sender with such a header.
+	// On a member: requests from an unknown sender with such headers.
 	c := newTestCluster(t, 1, nil)
 	c.leader()
-	for _, path := range []string{"/raft", "/raft/stream/message/1"} {
-		req, _ := http.NewRequest("POST", c.peers[0]+path, strings.NewReader("x"))
-		if strings.Contains(path, "stream") {
-			req.Method = "GET"
+	for _, tc := range []struct {
+		path, header, value string
+		code                int
+	}{
+		{"/raft", "X-PeerURLs", "::bad", http.StatusBadRequest}, // rafthttp: the body is no message
+		{"/raft/stream/message/1", "X-PeerURLs", "::bad", http.StatusNotFound},
+		{"/raft", "X-Server-Version", "garbage", http.StatusBadRequest},
+		{"/raft/stream/message/1", "X-Min-Cluster-Version", "garbage", http.StatusBadRequest},
+	} {
+		method := "POST"
+		if strings.Contains(tc.path, "stream") {
+			method = "GET"
 		}
+		req, _ := http.NewRequest(method, c.peers[0]+tc.path, strings.NewReader("x"))
 		for k, v := range map[string]string{"X-Etcd-Cluster-ID": types.ID(clusterID).String(), "X-Server-From": "99", "X-Raft-To": "1",
-			"X-PeerURLs": "::bad", "X-Server-Version": "3.7.3", "X-Min-Cluster-Version": "3.0.0"} {
+			"X-Server-Version": "3.7.3", "X-Min-Cluster-Version": "3.0.0"} {
 			req.Header.Set(k, v)
 		}
-		if resp, err := httpClient.Do(req); err != nil {
-			t.Errorf("%s: %v", path, err)
-		} else {
-			resp.Body.Close()
+		req.Header.Set(tc.header, tc.value)
+		resp, err := httpClient.Do(req)
+		if err != nil {
+			t.Errorf("%s %s with %s %q: %v", method, tc.path, tc.header, tc.value, err)
+			continue
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s %s with %s %q: %d, want %d", method, tc.path, tc.header, tc.value, resp.StatusCode, tc.code)
 		}
 	}
 	c.mustPut(0, "k", "v")
