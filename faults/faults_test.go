@@ -177,7 +177,10 @@ func runScenario(t *testing.T, sc scenario) {
 	defer r.finish()
 	r.logf("scenario %s: nemeses %v, %d members, seed %d, workload %v", sc.name, sc.nemeses, sc.size, seed, duration)
 
-	ctx, cancel := context.WithTimeout(context.Background(), duration+5*time.Minute)
+	// The fault phase lasts duration, or up to limit while the workload has
+	// too little to show for it (startFaultPhase).
+	limit := duration + max(duration, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), limit+5*time.Minute)
 	defer cancel()
 	c, err := cluster.Start(ctx, cluster.Options{
 		Binary: serverBin, Dir: dir, Size: sc.size, SnapshotCount: sc.snapshotCount, Logf: t.Logf,
@@ -206,18 +209,20 @@ func runScenario(t *testing.T, sc scenario) {
 	h := workload.NewHistory(workload.Config{Endpoints: c.ClientURLs, Clients: 6, Keys: min(keys, 400)})
 	defer h.Close()
 	watchers := []*workload.Watcher{h.Watch(c.ClientURLs, false), h.Watch(c.ClientURLs, true)}
-	wctx, stop := context.WithTimeout(ctx, duration)
-	defer stop()
+	enough := func() bool { n := h.Counts(); return n.PutsOK >= minOK && n.GetsOK >= minOK }
+	phase := startFaultPhase(ctx, duration, limit, enough, r.logf)
+	defer phase.wait()
 	ran := make(chan struct{})
 	go func() {
 		defer close(ran)
-		h.Run(wctx)
+		h.Run(phase.ctx)
 	}()
-	if err := nemesis.Schedule(wctx, c, rand.New(rand.NewPCG(seed, seed)), nems, sc.faultFor, sc.healFor); err != nil {
+	if err := nemesis.Schedule(phase.ctx, c, rand.New(rand.NewPCG(seed, seed)), nems, sc.faultFor, sc.healFor); err != nil {
 		r.fail("%v", err)
-		stop() // the run has failed: do not let the workload go on for the rest of its time
+		phase.stop() // the run has failed: do not let the workload go on for the rest of its time
 	}
 	<-ran
+	phase.wait()
 
 	if err := nemesis.HealAll(ctx, c); err != nil {
 		r.fail("heal: %v", err)
@@ -251,7 +256,7 @@ func runScenario(t *testing.T, sc scenario) {
 	if !res.OK() {
 		r.fail("history check failed (verdict above)")
 	}
-	if n := res.Counts; n.PutsOK < 20 || n.GetsOK < 20 {
+	if n := res.Counts; n.PutsOK < minOK || n.GetsOK < minOK {
 		r.fail("the workload made too little progress to prove anything: %s", n)
 	}
 }
