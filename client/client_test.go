@@ -65,6 +65,14 @@ func testOutcomes(t *testing.T, hc func(*httptest.Server) *http.Client) {
 	if _, err := answer(200, "not json").Put(ctx, "k", "v"); !errors.As(err, &e2) || e2.Outcome != Unknown {
 		t.Errorf("undecodable answer to a write: %v", err)
 	}
+	badIndex := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Mod-Index", "nine")
+		w.Write([]byte(`{"key":"k","create_index":1,"mod_index":9,"version":1,"index":9}`))
+	}))
+	defer badIndex.Close()
+	if _, err := New(badIndex.URL, hc(badIndex)).Put(ctx, "k", "v"); !errors.As(err, &e2) || e2.Outcome != Unknown || !strings.Contains(e2.Message, "X-") {
+		t.Errorf("a write answered with an index header that is not a number: %v", err)
+	}
 	if _, err := answer(200, "not json").Status(ctx); !errors.As(err, &e2) || e2.Outcome != Refused {
 		t.Errorf("undecodable answer to a read: %v", err)
 	}
@@ -131,7 +139,15 @@ func testRequestsAndAnswers(t *testing.T, hc func(*httptest.Server) *http.Client
 				w.Write([]byte("v"))
 				return
 			}
-			w.Write([]byte(`{"key":"a b/c","value":"v","create_index":3,"mod_index":9,"version":2}`))
+			// A PUT: the indexes in headers, and a body that says
+			// otherwise, so the test sees which the client read.
+			w.Header().Set("X-Create-Index", "3")
+			w.Header().Set("X-Mod-Index", "10")
+			w.Header().Set("X-Version", "3")
+			w.Write([]byte(`{"key":"a b/c","create_index":1,"mod_index":1,"version":1,"index":10}`))
+		case "/v1/kv/old":
+			// A member that answers a PUT in JSON alone.
+			w.Write([]byte(`{"key":"old","create_index":4,"mod_index":11,"version":5,"index":11}`))
 		}
 	}))
 	defer srv.Close()
@@ -142,8 +158,11 @@ func testRequestsAndAnswers(t *testing.T, hc func(*httptest.Server) *http.Client
 	if err != nil || kv.Key != "a b/c" || kv.Value == nil || *kv.Value != "v" || kv.ValueBase64 != nil || kv.CreateIndex != 3 || kv.ModIndex != 9 || kv.Version != 2 {
 		t.Fatalf("Get: %+v %v", kv, err)
 	}
-	if _, err := c.Put(ctx, "a b/c", "v", IfModIndex(9)); err != nil {
-		t.Fatal(err)
+	if kv, err := c.Put(ctx, "a b/c", "v", IfModIndex(9)); err != nil || *kv != (KV{Key: "a b/c", CreateIndex: 3, ModIndex: 10, Version: 3}) {
+		t.Fatalf("Put: %+v %v", kv, err)
+	}
+	if kv, err := c.Put(ctx, "old", "v"); err != nil || *kv != (KV{Key: "old", CreateIndex: 4, ModIndex: 11, Version: 5}) {
+		t.Fatalf("Put answered in JSON alone: %+v %v", kv, err)
 	}
 	if ok, err := c.Delete(ctx, "a b/c"); !ok || err != nil {
 		t.Fatalf("Delete: %v %v", ok, err)
@@ -167,7 +186,7 @@ func testRequestsAndAnswers(t *testing.T, hc func(*httptest.Server) *http.Client
 	if _, found, err := c.RootGet(ctx, "absent"); found || err != nil {
 		t.Fatalf("RootGet of an absent key: %v %v", found, err)
 	}
-	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn ",
+	want := []string{"GET /v1/kv/a%20b/c?consistency=serializable ", "PUT /v1/kv/a%20b/c 9", "PUT /v1/kv/old ", "DELETE /v1/kv/a%20b/c ", "POST /v1/txn ",
 		"POST /4 ", "DELETE /4 ", "PUT /root%20key ", "GET /root%20key ", "GET /absent "}
 	for i := range want {
 		if i >= len(got) || got[i] != want[i] {
