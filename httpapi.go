@@ -39,6 +39,12 @@ type httpAPI struct {
 	maxRequestBytes int64
 	limits          limits
 	ops             opsConfig
+	// leaderURL is the leader's published client URL when this member is
+	// not the leader and knows one, else "". A follower sets it on its
+	// answers to writes (X-Leader-URL), so a client can send its next
+	// writes to the leader and spare them the forward (README, "Writes go
+	// to the leader").
+	leaderURL func() string
 	// stopping is closed when the server begins to shut down: watches end.
 	stopping <-chan struct{}
 	watchers atomic.Int64 // watches being served
@@ -231,7 +237,20 @@ func (h *httpAPI) put(w http.ResponseWriter, r *http.Request, key string) {
 	if !ok {
 		return
 	}
+	h.hintLeader(w)
 	h.replicate(w, r, func(ctx context.Context) (uint64, error) { return h.store.Put(ctx, key, string(body)) })
+}
+
+// hintLeader names the leader's client URL on the answer to a write that
+// this member, a follower, forwards to it. Every write passes here before
+// it is proposed, whatever its answer turns out to be.
+func (h *httpAPI) hintLeader(w http.ResponseWriter) {
+	if h.leaderURL == nil {
+		return
+	}
+	if u := h.leaderURL(); u != "" {
+		w.Header().Set("X-Leader-URL", u)
+	}
 }
 
 func (h *httpAPI) addMember(w http.ResponseWriter, r *http.Request, idText string) {

@@ -183,6 +183,7 @@ func (h *httpAPI) condition(w http.ResponseWriter, r *http.Request, key string) 
 // result, or answers 412 (with the key's current X-Mod-Index, 0 if absent)
 // when the condition failed, or the error.
 func (h *httpAPI) applyConditional(w http.ResponseWriter, r *http.Request, o *op, c *compare) (opResult, uint64, bool) {
+	h.hintLeader(w)
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
 	if c == nil {
@@ -407,6 +408,7 @@ func (h *httpAPI) txn(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, r, http.StatusBadRequest, "bad_txn", strings.TrimPrefix(err.Error(), errBadTxn.Error()+": "))
 		return
 	}
+	h.hintLeader(w)
 	ctx, cancel := context.WithTimeout(r.Context(), h.requestTimeout)
 	defer cancel()
 	res, err := h.store.Apply(ctx, &op{kind: opTxn, txn: t})

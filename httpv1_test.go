@@ -374,3 +374,58 @@ func TestAccepts(t *testing.T) {
 		}
 	}
 }
+
+// A follower names the leader's client URL on its answer to every write,
+// whatever the answer, so that clients can send their next writes there;
+// the leader names none, and reads carry none. Through the fast lane and
+// through net/http alone.
+func TestFollowersNameTheLeaderOnWrites(t *testing.T) {
+	for _, netHTTP := range []bool{false, true} {
+		t.Run(fmt.Sprintf("netHTTP=%v", netHTTP), func(t *testing.T) {
+			c := newTestCluster(t, 3, func(cfg *config) { cfg.netHTTP = netHTTP })
+			lead := c.leader()
+			want := c.url(lead, "")
+			eventually(t, 10*time.Second, func() error {
+				for i := range c.nodes {
+					if u := c.nodes[i].kv.members.clientURL(uint64(lead + 1)); u != want {
+						return fmt.Errorf("member %d has the leader's client URL as %q", i+1, u)
+					}
+				}
+				return nil
+			})
+			for i := range c.nodes {
+				hint := ""
+				if i != lead {
+					hint = want
+				}
+				for _, req := range []struct{ method, path, body string }{
+					{"PUT", "/v1/kv/a", "1"},
+					{"PUT", "/a", "2"},
+					{"POST", "/v1/txn", `{"success":[{"op":"put","key":"b","value":"x"}]}`},
+					{"DELETE", "/v1/kv/b", ""},
+					{"DELETE", "/v1/kv/?prefix=zz", ""},
+				} {
+					r := do(t, req.method, c.url(i, req.path), req.body)
+					if r.code/100 != 2 || r.header.Get("X-Leader-URL") != hint {
+						t.Errorf("member %d, %s %s: %d, X-Leader-URL %q; want 2xx and %q", i+1, req.method, req.path, r.code, r.header.Get("X-Leader-URL"), hint)
+					}
+				}
+				req, _ := http.NewRequest("PUT", c.url(i, "/v1/kv/a"), strings.NewReader("3"))
+				req.Header.Set("If-Match", "1")
+				resp, err := httpClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusPreconditionFailed || resp.Header.Get("X-Leader-URL") != hint {
+					t.Errorf("member %d, a failed If-Match: %d, X-Leader-URL %q; want 412 and %q", i+1, resp.StatusCode, resp.Header.Get("X-Leader-URL"), hint)
+				}
+				for _, path := range []string{"/v1/kv/a", "/a", "/v1/kv/a?consistency=serializable"} {
+					if r := do(t, "GET", c.url(i, path), ""); r.code != 200 || r.header.Get("X-Leader-URL") != "" {
+						t.Errorf("member %d, GET %s: %d, X-Leader-URL %q; want 200 and none", i+1, path, r.code, r.header.Get("X-Leader-URL"))
+					}
+				}
+			}
+		})
+	}
+}

@@ -329,7 +329,7 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	stopc := make(chan struct{})
 	removed := make(chan struct{})
 	h := &httpAPI{lg: lg, store: kv, raftStatus: rn.status, logBounds: rn.logBounds, requestTimeout: cfg.requestTimeout,
-		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc,
+		maxRequestBytes: cfg.maxRequestBytes, limits: cfg.limits, stopping: stopc, leaderURL: leaderURLOf(cfg.id, rn.leader, members.clientURL),
 		ops: opsConfig{loopAge: rn.loopAge, stalledFor: max(2*time.Second, 20*cfg.tick), enablePprof: cfg.enablePprof, level: cfg.level,
 			transferLeadership: rn.transferLeadership, peerActive: rn.peerActive, lastContact: rn.lastContact, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4, IdleConnTimeout: time.Minute}}, strictReconfig: cfg.strictReconfig, removed: removed, waldir: base, snapdir: base + "-snap", started: time.Now()}}
 	s := &server{
@@ -382,6 +382,17 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	lg.Info("serving", zap.String("client-url", clientURL), zap.String("peer-url", cfg.cluster[cfg.id-1]),
 		zap.Strings("cluster", cfg.cluster), zap.Bool("join", cfg.join), zap.String("data-dir", base))
 	return s, nil
+}
+
+// leaderURLOf is httpAPI.leaderURL for member self: the leader's
+// published client URL while another member leads, else "".
+func leaderURLOf(self uint64, leader func() uint64, clientURL func(uint64) string) func() string {
+	return func() string {
+		if l := leader(); l != 0 && l != self {
+			return clientURL(l)
+		}
+		return ""
+	}
 }
 
 // defaultClientURL is where clients reach this member when

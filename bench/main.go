@@ -3,7 +3,9 @@
 // three members of each on loopback ports with fresh data dirs (one store
 // at a time), drives both with the same load engine (package loadgen) at
 // each client count for PUT and for linearizable and serializable GET (a
-// single client twice: pinned to the leader, then to a follower),
+// single client twice: pinned to the leader, then to a follower; this
+// server's PUTs twice more, with each client's writes sent to its own
+// member instead of the leader, as etcd's client sends them),
 // repeats the whole pass, and prints a table of medians and ratios with
 // the machine's cores and fsync rate, server CPU per operation (from /proc
 // for each member), the load tool's own CPU per operation (the clients
@@ -116,12 +118,20 @@ func (r clientRun) label() string {
 
 func (m measurement) run() clientRun { return clientRun{m.Clients, m.Role} }
 
-// runs lists each op's rows, in order.
-func (o *options) runs() []clientRun {
+// putUnrouted is PUT with each client's writes sent to its own member,
+// which forwards them to the leader: measured for this server only, set
+// against etcd's PUT (whose client sends writes that way). Its pinned runs
+// would repeat PUT's.
+const putUnrouted = "put-unrouted"
+
+// runs lists op's rows, in order.
+func (o *options) runs(op string) []clientRun {
 	var rs []clientRun
 	for _, n := range o.clients {
 		if n == 1 && o.roles {
-			rs = append(rs, clientRun{1, "leader"}, clientRun{1, "follower"})
+			if op != putUnrouted {
+				rs = append(rs, clientRun{1, "leader"}, clientRun{1, "follower"})
+			}
 		} else {
 			rs = append(rs, clientRun{clients: n})
 		}
@@ -148,7 +158,7 @@ func parse(args []string) (*options, error) {
 	o := &options{}
 	fs.IntVar(&o.passes, "passes", 3, "whole passes over every store, op and client count; the table shows medians")
 	clients := fs.String("clients", "1,16,64,256", "client counts")
-	ops := fs.String("ops", "put,get,get-serializable", "what to measure: put, get (linearizable), get-serializable")
+	ops := fs.String("ops", "put,"+putUnrouted+",get,get-serializable", "what to measure: put, "+putUnrouted+" (this server's PUT with each client's writes to its own member, not the leader), get (linearizable), get-serializable")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "measured time per run")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "load before each measured run (not counted)")
 	fs.IntVar(&o.valueSize, "value-size", 256, "bytes per value")
@@ -174,8 +184,8 @@ func parse(args []string) (*options, error) {
 		o.clients = append(o.clients, n)
 	}
 	for _, op := range strings.Split(*ops, ",") {
-		if op = strings.TrimSpace(op); !slices.Contains([]string{"put", "get", "get-serializable"}, op) {
-			return nil, fmt.Errorf("invalid --ops entry %q: use put, get, get-serializable", op)
+		if op = strings.TrimSpace(op); !slices.Contains([]string{"put", putUnrouted, "get", "get-serializable"}, op) {
+			return nil, fmt.Errorf("invalid --ops entry %q: use put, %s, get, get-serializable", op, putUnrouted)
 		}
 		o.ops = append(o.ops, op)
 	}
@@ -286,7 +296,10 @@ func measureSystem(ctx context.Context, o *options, sys, bin, dir string, pass i
 	}
 	var out []measurement
 	for _, op := range o.ops {
-		for _, run := range o.runs() {
+		if op == putUnrouted && sys == "etcd" {
+			continue
+		}
+		for _, run := range o.runs(op) {
 			m, verified, err := measureRun(ctx, o, c, sys, op, run, pass, common, dial, leader)
 			if errors.Is(err, errLeaderMoved) {
 				// An election on a healthy loopback cluster is rare: once
@@ -312,7 +325,7 @@ var errLeaderMoved = errors.New("the leader moved during the run")
 // measureRun makes one measured run of op at run against the cluster c,
 // after its warm-up; verified describes the read-back of a PUT run.
 func measureRun(ctx context.Context, o *options, c *cluster, sys, op string, run clientRun, pass int, common []string,
-	dial func(string) loadgen.Target, leader func(context.Context, []string) (int, error)) (m measurement, verified string, err error) {
+	dial loadgen.Dial, leader func(context.Context, []string) (int, error)) (m measurement, verified string, err error) {
 	n := run.clients
 	args := append(slices.Clone(common), "--clients", strconv.Itoa(n))
 	prefix := fmt.Sprintf("%s-%d/", op, n)
@@ -330,8 +343,8 @@ func measureRun(ctx context.Context, o *options, c *cluster, sys, op string, run
 		prefix = fmt.Sprintf("%s-%d-%s-%d/", op, n, run.role, time.Now().UnixNano())
 	}
 	switch op {
-	case "put":
-		args = append(args, "--op", "put", "--keys", "fresh", "--prefix", prefix)
+	case "put", putUnrouted:
+		args = append(args, "--op", "put", "--keys", "fresh", "--prefix", prefix, "--route-writes="+strconv.FormatBool(op == "put"))
 	default:
 		cons := "linearizable"
 		if op == "get-serializable" {
@@ -353,7 +366,7 @@ func measureRun(ctx context.Context, o *options, c *cluster, sys, op string, run
 	var cpu1, self1 float64
 	var cpuErr error
 	measured := append(args, "--warmup", "0s", "--duration", o.duration.String())
-	if op == "put" {
+	if op == "put" || op == putUnrouted {
 		measured = append(measured, "--verify")
 	}
 	r, err := load(ctx, dial, measured, loadgen.Hooks{BeforeVerify: func() { self1 = selfCPUSeconds(); cpu1, cpuErr = c.cpuSeconds() }})
@@ -413,7 +426,7 @@ type loadResult struct {
 }
 
 // load runs the load tool with args, calling hooks on the way.
-func load(ctx context.Context, dial func(string) loadgen.Target, args []string, hooks loadgen.Hooks) (*loadResult, error) {
+func load(ctx context.Context, dial loadgen.Dial, args []string, hooks loadgen.Hooks) (*loadResult, error) {
 	var out, errOut bytes.Buffer
 	code := loadgen.RunWithHooks(ctx, args, &out, &errOut, false, dial, hooks)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
@@ -498,14 +511,21 @@ func printTable(w io.Writer, o *options, all []measurement, disk diskSync) {
 		return fmt.Sprintf("%.2f×", b/a)
 	}
 	for _, op := range o.ops {
-		for _, run := range o.runs() {
-			get := func(sys string, f func(measurement) float64) float64 { return pick(sys, op, run, f) }
+		for _, run := range o.runs(op) {
+			// etcd's side of an unrouted PUT row is its PUT row.
+			opOf := func(sys string) string {
+				if op == putUnrouted && sys == "etcd" {
+					return "put"
+				}
+				return op
+			}
+			get := func(sys string, f func(measurement) float64) float64 { return pick(sys, opOf(sys), run, f) }
 			eOps, oOps := get("etcd", func(m measurement) float64 { return m.OpsPerSec }), get("raftexample", func(m measurement) float64 { return m.OpsPerSec })
 			eCPU, oCPU := get("etcd", func(m measurement) float64 { return m.CPUPerOpUs }), get("raftexample", func(m measurement) float64 { return m.CPUPerOpUs })
 			var eErr, oErr int64
 			var eLost, oLost int
 			for _, m := range all {
-				if m.Op == op && m.run() == run {
+				if m.Op == opOf(m.System) && m.run() == run {
 					if m.System == "etcd" {
 						eErr += m.Errors
 						eLost += m.Lost + m.Unread
@@ -516,7 +536,7 @@ func printTable(w io.Writer, o *options, all []measurement, disk diskSync) {
 				}
 			}
 			lost := "–" // reads are not verified
-			if op == "put" {
+			if op == "put" || op == putUnrouted {
 				lost = fmt.Sprintf("%d/%d", eLost, oLost)
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f\t%s\t%.2f\t%.2f\t%.1f\t%.1f\t%.0f\t%.0f\t%s\t%.0f/%.0f\t%d/%d\t%s\t\n", op, run.label(), eOps, oOps, ratio(eOps, oOps),

@@ -26,8 +26,50 @@ func TestOneClientRunsPinnedToEachRole(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := o.runs(); !slices.Equal(got, tc.want) {
+		if got := o.runs("put"); !slices.Equal(got, tc.want) {
 			t.Errorf("%v: runs %v, want %v", tc.args, got, tc.want)
+		}
+		// The unrouted PUT's pinned runs would repeat PUT's.
+		var unpinned []clientRun
+		for _, r := range tc.want {
+			if r.role == "" {
+				unpinned = append(unpinned, r)
+			}
+		}
+		if got := o.runs(putUnrouted); !slices.Equal(got, unpinned) {
+			t.Errorf("%v: unrouted runs %v, want %v", tc.args, got, unpinned)
+		}
+	}
+}
+
+// The routed PUT lets this server's client send writes to the leader; the
+// unrouted one pins every client to its member, as etcd's client is; the
+// read-back of either reads each member.
+func TestUnroutedPutPinsItsClients(t *testing.T) {
+	for _, op := range []string{"put", putUnrouted} {
+		s := &memStore{m: map[string]string{}}
+		var mu sync.Mutex
+		pinned := map[bool]int{}
+		dial := func(_ string, p bool) loadgen.Target {
+			mu.Lock()
+			defer mu.Unlock()
+			pinned[p]++
+			return memTarget{s}
+		}
+		c := &cluster{endpoints: []string{"http://a", "http://b", "http://c"}}
+		o := &options{duration: 50 * time.Millisecond, valueSize: 16, keyspace: 10}
+		common := []string{"--endpoints", strings.Join(c.endpoints, ","), "--value-size", "16"}
+		if _, _, err := measureRun(context.Background(), o, c, "raftexample", op, clientRun{4, ""}, 1, common, dial, nil); err != nil {
+			t.Fatal(err)
+		}
+		// No warm-up: the measured run dials 4 workers, the read-back
+		// up to 4 readers per member.
+		wantRouted := 0
+		if op == "put" {
+			wantRouted = 4
+		}
+		if pinned[false] != wantRouted || pinned[true] < 3 {
+			t.Errorf("%s: %d targets could route, %d pinned; want %d that could, and the read-back's pinned", op, pinned[false], pinned[true], wantRouted)
 		}
 	}
 }
@@ -35,7 +77,7 @@ func TestOneClientRunsPinnedToEachRole(t *testing.T) {
 // Each role's row holds only that role's runs: a median over both would
 // mix two different paths.
 func TestTableRowPerRole(t *testing.T) {
-	o, err := parse([]string{"--clients", "1,16", "--ops", "put", "--passes", "1"})
+	o, err := parse([]string{"--clients", "1,16", "--ops", "put," + putUnrouted, "--passes", "1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,14 +88,18 @@ func TestTableRowPerRole(t *testing.T) {
 		{System: "raftexample", Op: "put", Clients: 1, Role: "leader", OpsPerSec: 1500},
 		{System: "raftexample", Op: "put", Clients: 1, Role: "follower", OpsPerSec: 1600},
 		{System: "raftexample", Op: "put", Clients: 16, OpsPerSec: 6000},
+		{System: "raftexample", Op: putUnrouted, Clients: 16, OpsPerSec: 5000},
 	}
 	var b bytes.Buffer
 	printTable(&b, o, all, diskSync{perSec: 1000, cpuEach: 40 * time.Microsecond})
 	rows := map[string]string{}
 	for _, line := range strings.Split(b.String(), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 6 && f[0] == "put" {
+		if len(f) > 6 && (f[0] == "put" || f[0] == putUnrouted) {
 			label := f[1]
+			if f[0] == putUnrouted {
+				label = "unrouted " + label
+			}
 			if strings.HasPrefix(f[2], "(") {
 				label += " " + f[2]
 				f = append(f[:2], f[3:]...)
@@ -61,7 +107,8 @@ func TestTableRowPerRole(t *testing.T) {
 			rows[label] = strings.Join(f[2:5], " ")
 		}
 	}
-	want := map[string]string{"1 (leader)": "1000 1500 1.50×", "1 (follower)": "800 1600 2.00×", "16": "4000 6000 1.50×"}
+	want := map[string]string{"1 (leader)": "1000 1500 1.50×", "1 (follower)": "800 1600 2.00×", "16": "4000 6000 1.50×",
+		"unrouted 16": "4000 5000 1.25×"} // etcd's PUT, against the unrouted one
 	for label, w := range want {
 		if rows[label] != w {
 			t.Errorf("row %q: %q, want %q (table:\n%s)", label, rows[label], w, b.String())
@@ -136,7 +183,7 @@ func TestPinnedRunWhoseLeaderMoved(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &memStore{m: map[string]string{}, lose: tc.lose}
-			dial := func(string) loadgen.Target { return memTarget{s} }
+			dial := func(string, bool) loadgen.Target { return memTarget{s} }
 			calls := 0
 			leader := func(context.Context, []string) (int, error) {
 				calls++

@@ -78,10 +78,17 @@ func IsNotFound(err error) bool {
 	return errors.As(err, &e) && e.Code == "key_not_found"
 }
 
-// Client talks to one member. Safe for concurrent use.
+// Client talks to one member, and sends its writes to the leader that
+// member names, unless Pinned (see route.go). Safe for concurrent use; not
+// to be copied once used.
 type Client struct {
 	Endpoint string // e.g. http://127.0.0.1:12380
 	HTTP     *http.Client
+	// Pinned keeps every request on Endpoint: writes too, which a follower
+	// then forwards to the leader. Set it before the first call.
+	Pinned bool
+
+	route router
 }
 
 // defaultHTTP is the http.Client of every Client made without one.
@@ -156,11 +163,21 @@ func (c *Client) do(ctx context.Context, method, path string, header http.Header
 	return nil
 }
 
-// send does the exchange. On a plain http.Client over this package's
-// Transport, and an http:// member, it goes through Transport.call:
-// without net/http's Request and Response, about a third of the client's
-// CPU per request (README, Performance). Otherwise through c.HTTP.
+// send does the exchange: a read with Endpoint, a write with the leader
+// when one is known (route.go).
 func (c *Client) send(ctx context.Context, method, path string, header http.Header, body []byte, write bool) (*reply, error) {
+	if write {
+		return c.sendWrite(ctx, method, path, header, body)
+	}
+	return c.sendTo(ctx, c.Endpoint, method, path, header, body, false)
+}
+
+// sendTo does the exchange with the member at endpoint. On a plain
+// http.Client over this package's Transport, and an http:// member, it goes
+// through Transport.call: without net/http's Request and Response, about a
+// third of the client's CPU per request (README, Performance). Otherwise
+// through c.HTTP.
+func (c *Client) sendTo(ctx context.Context, endpoint, method, path string, header http.Header, body []byte, write bool) (*reply, error) {
 	failed := func(status int, err error, msg string) *Error {
 		o := Refused
 		if write && !notSent(err) {
@@ -169,7 +186,7 @@ func (c *Client) send(ctx context.Context, method, path string, header http.Head
 		return &Error{Status: status, Outcome: o, Err: err, Message: msg}
 	}
 	if t, ok := c.HTTP.Transport.(*Transport); ok && c.HTTP.Jar == nil {
-		if addr, host, prefix, ok := plainEndpoint(c.Endpoint); ok {
+		if addr, host, prefix, ok := plainEndpoint(endpoint); ok {
 			if c.HTTP.Timeout > 0 {
 				var cancel context.CancelFunc
 				ctx, cancel = context.WithTimeout(ctx, c.HTTP.Timeout)
@@ -182,7 +199,7 @@ func (c *Client) send(ctx context.Context, method, path string, header http.Head
 			return &reply{status: resp.StatusCode(), body: resp.Body(), fast: resp}, nil
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.Endpoint+path, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, method, endpoint+path, bytes.NewReader(body))
 	if err != nil {
 		return nil, &Error{Outcome: Refused, Err: err}
 	}

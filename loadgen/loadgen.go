@@ -44,6 +44,7 @@ const (
 type config struct {
 	endpoints    []string
 	pin          int // -1: worker i uses endpoints[i % n]
+	routeWrites  bool
 	clients      int
 	duration     time.Duration
 	warmup       time.Duration
@@ -68,6 +69,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	endpoints := fs.String("endpoints", "http://127.0.0.1:12380,http://127.0.0.1:22380,http://127.0.0.1:32380", "comma-separated client URLs")
 	pin := fs.Int("pin", -1, "send every request to this endpoint (0-based index); default: spread the clients over all")
+	routeWrites := fs.Bool("route-writes", true, "send each client's writes to the leader its member names, as the client package does (off with --pin); false: to the client's own endpoint, which forwards them")
 	clients := fs.Int("clients", 16, "concurrent closed-loop clients")
 	duration := fs.Duration("duration", 10*time.Second, "measured time, after the warm-up")
 	warmup := fs.Duration("warmup", 2*time.Second, "time before measuring starts")
@@ -89,7 +91,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	c := &config{pin: *pin, clients: *clients, duration: *duration, warmup: *warmup, count: *count, op: *op,
+	c := &config{pin: *pin, routeWrites: *routeWrites && *pin < 0, clients: *clients, duration: *duration, warmup: *warmup, count: *count, op: *op,
 		keys: *keys, keyspace: *keyspace, hotKeys: *hotKeys, hotShare: *hotShare, valueSize: *valueSize,
 		prefix: *prefix, timeout: *timeout, verify: *verify}
 	for _, e := range strings.Split(*endpoints, ",") {
@@ -169,7 +171,7 @@ func sumWeights(m map[string]int) int {
 // results to stdout and progress to stderr (a line a second if tty), and
 // returns the exit status. dial makes one worker's connection to an
 // endpoint.
-func Run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, dial func(endpoint string) Target) int {
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, dial Dial) int {
 	return RunWithHooks(ctx, args, stdout, stderr, tty, dial, Hooks{})
 }
 
@@ -182,7 +184,7 @@ type Hooks struct {
 }
 
 // RunWithHooks is Run, calling hooks on the way.
-func RunWithHooks(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, dial func(endpoint string) Target, hooks Hooks) int {
+func RunWithHooks(ctx context.Context, args []string, stdout, stderr io.Writer, tty bool, dial Dial, hooks Hooks) int {
 	cfg, err := parse(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
@@ -215,7 +217,7 @@ func RunWithHooks(ctx context.Context, args []string, stdout, stderr io.Writer, 
 type bench struct {
 	cfg     *config
 	targets []Target // one per worker
-	dial    func(string) Target
+	dial    Dial
 
 	next      atomic.Int64 // fresh keys written so far
 	measuring atomic.Bool
@@ -230,11 +232,11 @@ type bench struct {
 	acked  []int64 // fresh key numbers whose PUT was acknowledged (--verify)
 }
 
-func newBench(cfg *config, dial func(string) Target) *bench {
+func newBench(cfg *config, dial Dial) *bench {
 	b := &bench{cfg: cfg, dial: dial, errors: map[string]int64{},
 		hist: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
 	for i := range cfg.clients {
-		b.targets = append(b.targets, dial(cfg.endpoints[b.endpointOf(i)]))
+		b.targets = append(b.targets, dial(cfg.endpoints[b.endpointOf(i)], !cfg.routeWrites))
 	}
 	return b
 }
@@ -427,19 +429,22 @@ loop:
 
 // result is what a run measured; its JSON form is the last line printed.
 type result struct {
-	Op          string           `json:"op"`
-	Consistency string           `json:"consistency,omitempty"`
-	Clients     int              `json:"clients"`
-	Endpoints   int              `json:"endpoints"`
-	Pinned      bool             `json:"pinned"`
-	Keys        string           `json:"keys"`
-	ValueSize   int              `json:"value_size"`
-	Seconds     float64          `json:"seconds"`
-	Ops         int64            `json:"ops"`
-	OpsPerSec   float64          `json:"ops_per_sec"`
-	LatencyMs   latency          `json:"latency_ms"`
-	Errors      map[string]int64 `json:"errors"`
-	Verify      *verifyResult    `json:"verify,omitempty"`
+	Op          string `json:"op"`
+	Consistency string `json:"consistency,omitempty"`
+	Clients     int    `json:"clients"`
+	Endpoints   int    `json:"endpoints"`
+	Pinned      bool   `json:"pinned"`
+	// RoutedWrites: each client sent its writes to the leader its member
+	// named (--route-writes).
+	RoutedWrites bool             `json:"routed_writes"`
+	Keys         string           `json:"keys"`
+	ValueSize    int              `json:"value_size"`
+	Seconds      float64          `json:"seconds"`
+	Ops          int64            `json:"ops"`
+	OpsPerSec    float64          `json:"ops_per_sec"`
+	LatencyMs    latency          `json:"latency_ms"`
+	Errors       map[string]int64 `json:"errors"`
+	Verify       *verifyResult    `json:"verify,omitempty"`
 }
 
 type latency struct {
@@ -455,7 +460,7 @@ func (b *bench) result(elapsed time.Duration) *result {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	ms := func(us int64) float64 { return float64(us) / 1000 }
-	r := &result{Op: b.cfg.op, Clients: b.cfg.clients, Endpoints: len(b.cfg.endpoints), Pinned: b.cfg.pin >= 0,
+	r := &result{Op: b.cfg.op, Clients: b.cfg.clients, Endpoints: len(b.cfg.endpoints), Pinned: b.cfg.pin >= 0, RoutedWrites: b.cfg.routeWrites,
 		Keys: b.cfg.keys, ValueSize: b.cfg.valueSize, Seconds: elapsed.Seconds(), Ops: b.ok,
 		Errors: map[string]int64{}}
 	if b.cfg.op == "get" || b.cfg.op == "mixed" {
@@ -483,6 +488,9 @@ func (r *result) print(w io.Writer) {
 	spread := fmt.Sprintf("spread over %d endpoints", r.Endpoints)
 	if r.Pinned {
 		spread = "pinned to one endpoint"
+	}
+	if r.RoutedWrites && r.Op != "get" {
+		spread += " (writes to the leader)"
 	}
 	fmt.Fprintf(w, "%s, %d clients %s, %s keys, %d-byte values\n", what, r.Clients, spread, r.Keys, r.ValueSize)
 	fmt.Fprintf(w, "  %d ok in %.2fs: %.0f ops/s\n", r.Ops, r.Seconds, r.OpsPerSec)

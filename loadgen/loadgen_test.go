@@ -71,7 +71,7 @@ func (t memTarget) CAS(_ context.Context, key string, expect *string, value stri
 
 func (memTarget) Close() {}
 
-func runBench(t *testing.T, dial func(string) Target, args ...string) (int, string, *result) {
+func runBench(t *testing.T, dial Dial, args ...string) (int, string, *result) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	code := Run(context.Background(), args, &out, &errOut, false, dial)
@@ -86,7 +86,7 @@ func runBench(t *testing.T, dial func(string) Target, args ...string) (int, stri
 	return code, text, &r
 }
 
-func fake(s *memStore) func(string) Target { return func(string) Target { return memTarget{s} } }
+func fake(s *memStore) Dial { return func(string, bool) Target { return memTarget{s} } }
 
 func TestUsageErrors(t *testing.T) {
 	s := &memStore{kv: map[string]string{}}
@@ -161,6 +161,43 @@ func TestBeforeVerifyRunsBetweenLoadAndVerify(t *testing.T) {
 	}
 	if putsThen != s.puts.Load() || putsThen < 300 || getsThen != 0 || s.gets.Load() == 0 {
 		t.Fatalf("BeforeVerify saw %d puts and %d gets; in the end %d puts, %d gets", putsThen, getsThen, s.puts.Load(), s.gets.Load())
+	}
+}
+
+// Workers' targets may route writes unless --pin or --route-writes=false
+// says otherwise; --verify's readers are always pinned, to read each
+// member.
+func TestDialPinsWhenAsked(t *testing.T) {
+	s := &memStore{kv: map[string]string{}}
+	for _, tc := range []struct {
+		args []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--pin", "0"}, true},
+		{[]string{"--route-writes=false"}, true},
+		{[]string{"--route-writes=true", "--pin", "1"}, true},
+	} {
+		var mu sync.Mutex
+		workers := map[bool]int{}
+		readers := map[bool]int{}
+		n := 0
+		dial := func(_ string, pinned bool) Target {
+			mu.Lock()
+			defer mu.Unlock()
+			if n++; n <= 3 {
+				workers[pinned]++
+			} else {
+				readers[pinned]++
+			}
+			return memTarget{s}
+		}
+		args := append([]string{"--endpoints", "http://a:1,http://b:1", "--clients", "3", "--warmup", "0s", "--count", "30", "--verify"}, tc.args...)
+		code, out, r := runBench(t, dial, args...)
+		if code != exitOK || workers[tc.want] != 3 || readers[false] != 0 || readers[true] == 0 || r.RoutedWrites == tc.want {
+			t.Errorf("%q: exit %d, workers pinned/not %d/%d, readers %d/%d, routed_writes %v\n%s", tc.args, code,
+				workers[true], workers[false], readers[true], readers[false], r.RoutedWrites, out)
+		}
 	}
 }
 

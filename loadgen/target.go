@@ -46,10 +46,17 @@ type raftexampleTarget struct {
 	tr *client.Transport
 }
 
+// Dial makes one worker's Target for endpoint. pinned: every request goes
+// to endpoint; otherwise a target may send writes elsewhere (this
+// project's client sends them to the leader that endpoint names).
+type Dial func(endpoint string, pinned bool) Target
+
 // NewRaftexampleTarget speaks this project's /v1 API at endpoint.
-func NewRaftexampleTarget(endpoint string) Target {
+func NewRaftexampleTarget(endpoint string, pinned bool) Target {
 	tr := &client.Transport{MaxIdlePerHost: 4}
-	return &raftexampleTarget{c: client.New(endpoint, &http.Client{Transport: tr}), tr: tr}
+	c := client.New(endpoint, &http.Client{Transport: tr})
+	c.Pinned = pinned
+	return &raftexampleTarget{c: c, tr: tr}
 }
 
 func (t *raftexampleTarget) Put(ctx context.Context, key, value string) error {

@@ -30,7 +30,7 @@ func (b *bench) verifyAll(ctx context.Context) *verifyResult {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				t := b.dial(ep)
+				t := b.dial(ep, true)
 				defer t.Close()
 				for n := range work {
 					lost, failed := b.check(ctx, t, n)

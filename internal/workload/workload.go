@@ -118,9 +118,10 @@ type History struct {
 	cfg   Config
 	start time.Time
 	http  *http.Client
-	// clients of the /v1 API, one per endpoint, made on first use
+	// clients of the /v1 API, two per endpoint (one pinned), made on
+	// first use
 	clientsMu sync.Mutex
-	clients   map[string]*client.Client
+	clients   map[apiKey]*client.Client
 
 	mu     sync.Mutex // guards ops, counts and neverWritten
 	ops    []porcupine.Operation
@@ -195,16 +196,30 @@ func (h *History) client(ctx context.Context, client int) {
 func (h *History) plainKey(n int) string { return h.cfg.KeyPrefix + fmt.Sprintf("k%d", n) }
 func (h *History) casKey(n int) string   { return h.cfg.KeyPrefix + fmt.Sprintf("cas%d", n) }
 
-func (h *History) api(ep string) *client.Client {
+// apiKey names a client of the /v1 API: its endpoint, and whether it is
+// pinned there.
+type apiKey struct {
+	ep     string
+	pinned bool
+}
+
+// api is workload client cl's client of the member at ep. Even-numbered
+// workload clients are pinned: their writes take the follower's forward
+// to the leader; the others' go to the leader their member names (the
+// client package's default), so the faults meet both paths. Reads stay on
+// ep either way.
+func (h *History) api(ep string, cl int) *client.Client {
+	k := apiKey{ep, cl%2 == 0}
 	h.clientsMu.Lock()
 	defer h.clientsMu.Unlock()
 	if h.clients == nil {
-		h.clients = map[string]*client.Client{}
+		h.clients = map[apiKey]*client.Client{}
 	}
-	c := h.clients[ep]
+	c := h.clients[k]
 	if c == nil {
 		c = client.New(ep, h.http)
-		h.clients[ep] = c
+		c.Pinned = k.pinned
+		h.clients[k] = c
 	}
 	return c
 }
@@ -212,7 +227,7 @@ func (h *History) api(ep string) *client.Client {
 // casKeyOp does one op on a CAS key through /v1: a read, a put, a delete,
 // or a read followed by a compare-and-swap from the value it read.
 func (h *History) casKeyOp(ctx context.Context, cl int, ep, key, value string, rng *rand.Rand) {
-	c := h.api(ep)
+	c := h.api(ep, cl)
 	// Writes are not tied to ctx: ending the workload must not turn
 	// requests in flight into ambiguous ones it caused itself.
 	wctx := context.Background()
@@ -261,7 +276,7 @@ func (h *History) pairTxn(cl int, ep, key, value string, rng *rand.Rand) {
 	}
 	va, vb := value+"-a", value+"-b"
 	call := h.now()
-	_, err := h.api(ep).Txn(context.Background(), client.Txn{Success: []client.Op{
+	_, err := h.api(ep, cl).Txn(context.Background(), client.Txn{Success: []client.Op{
 		{Op: "put", Key: key, Value: &va}, {Op: "put", Key: other, Value: &vb},
 	}})
 	h.recordWrite(cl, Input{Kind: Put, Key: key, Value: va, Endpoint: ep}, Output{}, err, call, &h.counts.PairTxns, &h.counts.OtherAmbiguous, &h.counts.OtherFailed)
@@ -310,7 +325,7 @@ func (h *History) put(ctx context.Context, cl int, ep, key, value string) {
 	call := h.now()
 	// The request is not tied to ctx: ending the workload must not turn
 	// requests in flight into ambiguous ones it caused itself.
-	_, err := h.api(ep).RootPut(context.Background(), key, value)
+	_, err := h.api(ep, cl).RootPut(context.Background(), key, value)
 	h.recordWrite(cl, in, Output{}, err, call, &h.counts.PutsOK, &h.counts.PutsAmbiguous, &h.counts.PutsFailed)
 }
 
@@ -334,7 +349,7 @@ func (h *History) get(ctx context.Context, client int, ep, key string) (Output, 
 // got no answer.
 func (h *History) read(ctx context.Context, ep, key string) (out Output, ok bool) {
 	if strings.HasPrefix(key, h.cfg.KeyPrefix+"cas") {
-		kv, err := h.api(ep).Get(ctx, key, false)
+		kv, err := h.api(ep, 0).Get(ctx, key, false)
 		switch {
 		case err == nil && kv.Value != nil:
 			return Output{Value: *kv.Value, Found: true}, true
@@ -343,7 +358,7 @@ func (h *History) read(ctx context.Context, ep, key string) (out Output, ok bool
 		}
 		return Output{}, false
 	}
-	value, found, err := h.api(ep).RootGet(ctx, key)
+	value, found, err := h.api(ep, 0).RootGet(ctx, key)
 	if err != nil {
 		return Output{}, false
 	}
