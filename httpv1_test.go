@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"raftexample/client"
 )
 
 // doH is do with request headers.
@@ -428,4 +431,56 @@ func TestFollowersNameTheLeaderOnWrites(t *testing.T) {
 			}
 		})
 	}
+}
+
+// End to end: a Client of a follower writes once through it, learns the
+// leader from the answer, and sends its next writes to the leader; a
+// Pinned one keeps them on the follower. The hosts its requests went to
+// are recorded by its http.Client's RoundTripper.
+func TestClientWritesThroughTheLeader(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	lead := c.leader()
+	f := (lead + 1) % 3
+	eventually(t, 10*time.Second, func() error {
+		if u := c.nodes[f].kv.members.clientURL(uint64(lead + 1)); u != c.url(lead, "") {
+			return fmt.Errorf("the follower has the leader's client URL as %q", u)
+		}
+		return nil
+	})
+	rec := &hostRecorder{next: &http.Transport{}}
+	hc := &http.Client{Transport: rec}
+	defer rec.next.CloseIdleConnections()
+	for _, pinned := range []bool{false, true} {
+		cl := client.New(c.url(f, ""), hc)
+		cl.Pinned = pinned
+		rec.hosts = nil
+		for i := range 4 {
+			if _, err := cl.Put(context.Background(), fmt.Sprintf("k%d", i), "v"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cl.Get(context.Background(), fmt.Sprintf("k%d", i), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		fh, lh := c.nodes[f].addr(), c.nodes[lead].addr()
+		want := []string{fh, fh, lh, fh, lh, fh, lh, fh} // put, get, ...
+		if pinned {
+			want = []string{fh, fh, fh, fh, fh, fh, fh, fh}
+		}
+		if !reflect.DeepEqual(rec.hosts, want) {
+			t.Errorf("pinned %v: requests went to %v; want %v (follower %s, leader %s)", pinned, rec.hosts, want, fh, lh)
+		}
+	}
+}
+
+// hostRecorder records the host of each request it passes on. Not safe
+// for concurrent use.
+type hostRecorder struct {
+	next  *http.Transport
+	hosts []string
+}
+
+func (h *hostRecorder) RoundTrip(r *http.Request) (*http.Response, error) {
+	h.hosts = append(h.hosts, r.URL.Host)
+	return h.next.RoundTrip(r)
 }
