@@ -9,9 +9,9 @@ import (
 )
 
 // Writes go to the leader. A follower that serves a write forwards it to
-// the leader over raft's transport, and the leader's answer comes back the
-// same way: two more trips between members, and the work of both ends,
-// for every write. So a follower names the leader's client URL on its
+// the leader over raft's transport, and answers once the leader's next
+// append tells it the entry is committed: two more trips between members,
+// and the work of both ends, for every write. So a follower names the leader's client URL on its
 // answers to writes (X-Leader-URL), and a Client sends its next writes
 // there, unless it is Pinned. Reads stay on Endpoint: a serializable read
 // is a read of that member's state, and reads spread over the members

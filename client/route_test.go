@@ -169,8 +169,8 @@ func TestWhenWritesStay(t *testing.T) {
 		l.counts()
 	}
 
-	// A leader that names the endpoint's member as the leader now: the
-	// route is dropped.
+	// A leader that names the endpoint's member as the leader now: writes
+	// go to the endpoint again.
 	f.set(l.srv.URL, 0)
 	c := New(f.srv.URL, h)
 	c.Put(ctx, "k", "v")
