@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/time/rate"
 )
 
 const (
@@ -60,6 +61,7 @@ type config struct {
 	prefix       string
 	timeout      time.Duration
 	verify       bool
+	rate         float64 // requests a second over all clients; 0: no cap
 }
 
 var ops = []string{"put", "get", "delete", "cas"}
@@ -84,6 +86,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	valueSize := fs.Int("value-size", 256, "bytes per value")
 	prefix := fs.String("prefix", "", "key prefix (default: bench/<start time>/)")
 	timeout := fs.Duration("timeout", 5*time.Second, "per-request timeout")
+	rateCap := fs.Float64("rate", 0, "at most this many requests a second over all clients (0: as fast as they go); each client still waits for its answer, so a store slower than the rate sets the pace")
 	verify := fs.Bool("verify", false, "after the run, read every acknowledged write back from every member (needs --op put --keys fresh)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -93,7 +96,7 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 	}
 	c := &config{pin: *pin, routeWrites: *routeWrites && *pin < 0, clients: *clients, duration: *duration, warmup: *warmup, count: *count, op: *op,
 		keys: *keys, keyspace: *keyspace, hotKeys: *hotKeys, hotShare: *hotShare, valueSize: *valueSize,
-		prefix: *prefix, timeout: *timeout, verify: *verify}
+		prefix: *prefix, timeout: *timeout, verify: *verify, rate: *rateCap}
 	for _, e := range strings.Split(*endpoints, ",") {
 		u, err := url.Parse(strings.TrimSpace(e))
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
@@ -120,6 +123,8 @@ func parse(args []string, stderr io.Writer) (*config, error) {
 		return nil, errors.New("--hot-keys must be in (0, 1] and --hot-share in [0, 1]")
 	case c.timeout <= 0:
 		return nil, errors.New("--timeout must be positive")
+	case !(c.rate >= 0 && c.rate <= 1e9):
+		return nil, errors.New("--rate must be between 0 (no cap) and 1e9 requests a second")
 	}
 	switch *consistency {
 	case "linearizable":
@@ -225,6 +230,12 @@ type bench struct {
 	measured  atomic.Int64
 	seq       atomic.Int64 // unique values
 
+	// limiter, with --rate, hands out the right to send a request, spread
+	// evenly over each second. Its burst, one token per client, lets the
+	// clients make up after a stall in which all of them were waiting for
+	// answers, so the rate is kept on average.
+	limiter *rate.Limiter
+
 	mu     sync.Mutex // guards hist, errors, ok and acked
 	hist   *hdrhistogram.Histogram
 	errors map[string]int64
@@ -235,6 +246,9 @@ type bench struct {
 func newBench(cfg *config, dial Dial) *bench {
 	b := &bench{cfg: cfg, dial: dial, errors: map[string]int64{},
 		hist: hdrhistogram.New(1, int64(time.Minute/time.Microsecond), 3)}
+	if cfg.rate > 0 {
+		b.limiter = rate.NewLimiter(rate.Limit(cfg.rate), cfg.clients)
+	}
 	for i := range cfg.clients {
 		b.targets = append(b.targets, dial(cfg.endpoints[b.endpointOf(i)], !cfg.routeWrites))
 	}
@@ -345,6 +359,9 @@ func (b *bench) worker(ctx context.Context, i int, wg *sync.WaitGroup) {
 	rng := rand.New(rand.NewPCG(uint64(i), uint64(time.Now().UnixNano())))
 	t := b.targets[i]
 	for ctx.Err() == nil {
+		if b.limiter != nil && b.limiter.Wait(ctx) != nil {
+			return // the run ended while this client waited for its turn
+		}
 		op, keyN, fresh, lat, err := b.one(ctx, t, rng)
 		if ctx.Err() != nil && err != nil {
 			return // cut short by the end of the run, not an error of the store
@@ -445,6 +462,7 @@ type result struct {
 	LatencyMs    latency          `json:"latency_ms"`
 	Errors       map[string]int64 `json:"errors"`
 	Verify       *verifyResult    `json:"verify,omitempty"`
+	Rate         float64          `json:"rate,omitempty"` // the cap on requests a second (--rate); 0: none
 }
 
 type latency struct {
@@ -461,7 +479,7 @@ func (b *bench) result(elapsed time.Duration) *result {
 	defer b.mu.Unlock()
 	ms := func(us int64) float64 { return float64(us) / 1000 }
 	r := &result{Op: b.cfg.op, Clients: b.cfg.clients, Endpoints: len(b.cfg.endpoints), Pinned: b.cfg.pin >= 0, RoutedWrites: b.cfg.routeWrites,
-		Keys: b.cfg.keys, ValueSize: b.cfg.valueSize, Seconds: elapsed.Seconds(), Ops: b.ok,
+		Keys: b.cfg.keys, ValueSize: b.cfg.valueSize, Rate: b.cfg.rate, Seconds: elapsed.Seconds(), Ops: b.ok,
 		Errors: map[string]int64{}}
 	if b.cfg.op == "get" || b.cfg.op == "mixed" {
 		r.Consistency = map[bool]string{false: "linearizable", true: "serializable"}[b.cfg.serializable]
@@ -492,7 +510,11 @@ func (r *result) print(w io.Writer) {
 	if r.RoutedWrites && r.Op != "get" {
 		spread += " (writes to the leader)"
 	}
-	fmt.Fprintf(w, "%s, %d clients %s, %s keys, %d-byte values\n", what, r.Clients, spread, r.Keys, r.ValueSize)
+	capped := ""
+	if r.Rate > 0 {
+		capped = fmt.Sprintf(", at most %g requests/s", r.Rate)
+	}
+	fmt.Fprintf(w, "%s, %d clients %s, %s keys, %d-byte values%s\n", what, r.Clients, spread, r.Keys, r.ValueSize, capped)
 	fmt.Fprintf(w, "  %d ok in %.2fs: %.0f ops/s\n", r.Ops, r.Seconds, r.OpsPerSec)
 	l := r.LatencyMs
 	fmt.Fprintf(w, "  latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n", l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean)

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
@@ -104,6 +105,8 @@ func TestUsageErrors(t *testing.T) {
 		{"--verify", "--op", "get"},
 		{"--verify", "--keys", "uniform"},
 		{"--hot-keys", "0"},
+		{"--rate", "-1"},
+		{"--rate", "NaN"},
 		{"extra"},
 		{"--bogus"},
 	} {
@@ -132,6 +135,27 @@ func TestCountsPercentilesAndErrors(t *testing.T) {
 	}
 	if !strings.Contains(out, "no_leader") || !strings.Contains(out, "p99.9") {
 		t.Fatalf("summary lacks the errors or percentiles:\n%s", out)
+	}
+}
+
+// --rate caps the requests of all clients together. The fake store answers
+// at once, so without the cap the clients would send hundreds of thousands
+// in the time given; with it, no more than the limiter's tokens: the rate
+// times the time since the first request, plus its burst (one per client).
+// That is an upper bound, which a slow machine cannot break.
+func TestRateCapsRequests(t *testing.T) {
+	s := &memStore{kv: map[string]string{}}
+	start := time.Now()
+	code, out, r := runBench(t, fake(s), "--op", "put", "--clients", "8", "--rate", "200", "--warmup", "100ms", "--duration", "300ms")
+	elapsed := time.Since(start)
+	if code != exitOK {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	if r.Rate != 200 || !strings.Contains(out, "at most 200 requests/s") {
+		t.Fatalf("the cap is not reported: rate %v\n%s", r.Rate, out)
+	}
+	if limit := int64(200*elapsed.Seconds()) + 8; s.puts.Load() > limit || r.Ops == 0 {
+		t.Fatalf("%d PUTs sent in %v (%d measured) at --rate 200: want between 1 and %d", s.puts.Load(), elapsed, r.Ops, limit)
 	}
 }
 
