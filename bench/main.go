@@ -61,6 +61,9 @@ type options struct {
 	// sent to the first member, the row measured whichever of the two the
 	// election made it, and so did etcd's row, not necessarily the same.
 	roles bool
+	// rate caps each run's requests a second over all its clients (the
+	// load engine's --rate); 0: none.
+	rate float64
 }
 
 // measurement is one load run against one store.
@@ -169,6 +172,7 @@ func parse(args []string) (*options, error) {
 	fs.StringVar(&o.etcdBin, "etcd-bin", "", "use this etcd binary instead of building one")
 	systems := fs.String("systems", "etcd,raftexample", "stores to measure, in order")
 	fs.StringVar(&o.out, "out", "", "also write every measurement as JSON to this file")
+	fs.Float64Var(&o.rate, "rate", 0, "cap every run (warm-up included) at this many requests a second over all its clients, for CPU and latency at an equal load (0: none, each store as fast as its clients go)")
 	fs.BoolVar(&o.roles, "one-client-roles", true, "measure 1 client twice, pinned to the leader and to a follower (false: against the first member, whichever it is)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -197,6 +201,9 @@ func parse(args []string) (*options, error) {
 	}
 	if o.passes < 1 || o.duration <= 0 || o.warmup < 0 || o.valueSize < 1 || o.keyspace < 1 {
 		return nil, errors.New("--passes, --duration, --value-size and --keyspace must be positive, --warmup not negative")
+	}
+	if !(o.rate >= 0 && o.rate <= 1e9) {
+		return nil, errors.New("--rate must be between 0 (no cap) and 1e9 requests a second")
 	}
 	return o, nil
 }
@@ -328,6 +335,9 @@ func measureRun(ctx context.Context, o *options, c *cluster, sys, op string, run
 	dial loadgen.Dial, leader func(context.Context, []string) (int, error)) (m measurement, verified string, err error) {
 	n := run.clients
 	args := append(slices.Clone(common), "--clients", strconv.Itoa(n))
+	if o.rate > 0 {
+		args = append(args, "--rate", strconv.FormatFloat(o.rate, 'g', -1, 64))
+	}
 	prefix := fmt.Sprintf("%s-%d/", op, n)
 	lead := -1
 	if run.role != "" {
@@ -491,8 +501,12 @@ func printTable(w io.Writer, o *options, all []measurement, disk diskSync) {
 	host, _ := os.Hostname()
 	fmt.Fprintf(w, "machine: %s, %d cores, %s/%s, %.0f fsyncs/s (4 KiB write + fdatasync, %.0f µs of CPU each), %s\n",
 		host, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, disk.perSec, float64(disk.cpuEach)/float64(time.Microsecond), runtime.Version())
-	fmt.Fprintf(w, "runs: %d pass(es), %v each after %v warm-up, %d-byte values, reads over %d keys; medians of the passes\n\n",
-		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace)
+	capped := ""
+	if o.rate > 0 {
+		capped = fmt.Sprintf(", every run capped at %g requests/s", o.rate)
+	}
+	fmt.Fprintf(w, "runs: %d pass(es), %v each after %v warm-up, %d-byte values, reads over %d keys%s; medians of the passes\n\n",
+		o.passes, o.duration, o.warmup, o.valueSize, o.keyspace, capped)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "op\tclients\tetcd ops/s\tours ops/s\tratio\tetcd p50 ms\tours p50 ms\tetcd p99.9 ms\tours p99.9 ms\tetcd CPU µs/op\tours CPU µs/op\tCPU ratio\tload tool µs/op (etcd/ours)\terrors (etcd/ours)\tlost (etcd/ours)\t")
 	pick := func(sys, op string, run clientRun, f func(measurement) float64) float64 {

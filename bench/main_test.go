@@ -74,6 +74,38 @@ func TestUnroutedPutPinsItsClients(t *testing.T) {
 	}
 }
 
+// --rate reaches the load engine of every run: with the fake store, which
+// answers at once, an uncapped run makes thousands of requests in 300 ms;
+// capped at 100 a second it makes no more than the engine's token bucket
+// allows (100 a second since it started, plus one token per client).
+func TestRateCapsEveryRun(t *testing.T) {
+	if _, err := parse([]string{"--rate", "-5"}); err == nil {
+		t.Error("--rate -5 was accepted")
+	}
+	o, err := parse([]string{"--rate", "100", "--duration", "300ms", "--warmup", "0s", "--value-size", "16", "--keyspace", "10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &memStore{m: map[string]string{}}
+	dial := func(string, bool) loadgen.Target { return memTarget{s} }
+	c := &cluster{endpoints: []string{"http://a", "http://b", "http://c"}}
+	common := []string{"--endpoints", strings.Join(c.endpoints, ","), "--value-size", "16"}
+	start := time.Now()
+	m, _, err := measureRun(context.Background(), o, c, "raftexample", "get", clientRun{4, ""}, 1, common, dial, nil)
+	elapsed := time.Since(start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ops, limit := m.OpsPerSec*o.duration.Seconds(), 100*elapsed.Seconds()+4; ops > limit || ops == 0 {
+		t.Errorf("%.0f requests measured in %v at --rate 100: want between 1 and %.0f", ops, elapsed, limit)
+	}
+	var table bytes.Buffer
+	printTable(&table, o, []measurement{m}, diskSync{})
+	if !strings.Contains(table.String(), "capped at 100 requests/s") {
+		t.Errorf("the table does not say the runs were capped:\n%s", table.String())
+	}
+}
+
 // Each role's row holds only that role's runs: a median over both would
 // mix two different paths.
 func TestTableRowPerRole(t *testing.T) {
