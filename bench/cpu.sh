@@ -9,7 +9,12 @@
 #
 #	bash bench/cpu.sh --op get --consistency serializable
 #	bash bench/cpu.sh --op put
+#	bash bench/cpu.sh --op put --clients 16 --rate 4000   # at an equal load
 #	SERVER=/tmp/a/raftexample BENCH=/tmp/a/bench bash bench/cpu.sh --op get
+#
+# CPU per op falls as the load rises (rounds of replication carry more
+# writes; README, Limits), so compare builds at the same --rate when
+# a change may move throughput, or read both columns together.
 #
 # SERVER and BENCH name prebuilt binaries to compare builds; by default
 # both are built from this checkout. LABEL starts the line. Ports
