@@ -16,9 +16,10 @@ import (
 // live×(1+gcHeadroomShare)+gcHeadroomFloor: a small store still collects as
 // GOGC=100 says (that goal is below the limit), a large one collects
 // sooner and returns pages. At a quarter of the live heap the 1M-key
-// load's throughput and tail did not move (README, Performance); a floor
-// of 64 MiB held its peak at 2.1× the raw data, 32 MiB at 2.0×, 16 MiB
-// (with items of one allocation, item.go) at 1.9×, for 5-7 % fewer PUT/s
+// load's throughput and tail did not move (docs/performance.md, "Large
+// data"); a floor of 64 MiB held its peak at 2.1× the raw data, 32 MiB
+// at 2.0×, 16 MiB (with items of one allocation, item.go) at 1.9×, for
+// 5-7 % fewer PUT/s
 // (the goal is within 20 % of the small-data rate). Where the heap holds much room that no collection frees
 // (readHeap), the limit leaves the collector a smaller headroom above that
 // room instead (gcLimitWith).

@@ -17,7 +17,7 @@ import (
 // bytes together take 320. Per key that is 16 bytes and one object fewer
 // for the store to allocate and the collector to mark: the mid-load
 // resident memory the 1M-key goal bounds, a snapshot's restore and a
-// replay's apply all pay per object (README, Performance).
+// replay's apply all pay per object (docs/performance.md, "Large data").
 //
 // The bytes are a []uint64's, so the item is 8-byte aligned as its header
 // needs, and the collector does not scan it (there is no pointer in it).

@@ -20,7 +20,8 @@ import (
 // insert: a restart replaying a long log spent ~45 % of its CPU there
 // (perf). Keys that differ in their first 16 bytes now compare within the
 // slot: BenchmarkApply's put went from 3.1 to 0.85 µs, and a 1M-key
-// restart after kill -9 from 3.5 to 2.1 s (README, Performance). The
+// restart after kill -9 from 3.5 to 2.1 s (docs/performance.md, "Large
+// data"). The
 // price is 16 bytes a slot, in nodes that are partly empty when grown by
 // random inserts: 23-37 MiB while loading 1M keys, ~10 MiB once restored
 // from a snapshot (putSorted).

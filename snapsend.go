@@ -18,7 +18,7 @@ import (
 // A snapshot travels between members as its file, never as one block of
 // memory. With 1M keys the file is some 300 MB: held whole, it took a
 // leader sending it to 1.2 GiB and the member receiving it to 0.9–1.05 GiB
-// (4.7× and 3.5–4.2× the raw keys and values; README, Performance).
+// (4.7× and 3.5–4.2× the raw keys and values; docs/performance.md).
 //
 // The leader: raft's storage hands raft only the snapshot's metadata
 // (logStorage.Snapshot), so raft's MsgSnap carries no data; sendMessages
@@ -64,8 +64,8 @@ func (rc *raftNode) sendSnapshot(m *raftpb.Message) {
 		// whose membership lacks it, and the leader would send it again
 		// and again until the snapshot that includes it (forceSnap) is
 		// written, each time the whole file (300 MB with 1M keys, three
-		// times over while that snapshot took 2.8 s instead of 1; README,
-		// Performance). Refused here, raft asks again after a heartbeat,
+		// times over while that snapshot took 2.8 s instead of 1;
+		// docs/performance.md). Refused here, raft asks again after a heartbeat,
 		// and gets that snapshot once it is there.
 		if rc.refusedSnap[m.GetTo()] != md.GetIndex() {
 			rc.lg.Info("not sending a snapshot to a member it does not include; waiting for the newer one", zap.Uint64("to", m.GetTo()), zap.Uint64("index", md.GetIndex()))
