@@ -19,10 +19,10 @@ import (
 // load's throughput and tail did not move (docs/performance.md, "Large
 // data"); a floor of 64 MiB held its peak at 2.1× the raw data, 32 MiB
 // at 2.0×, 16 MiB (with items of one allocation, item.go) at 1.9×, for
-// 5-7 % fewer PUT/s
-// (the goal is within 20 % of the small-data rate). Where the heap holds much room that no collection frees
-// (readHeap), the limit leaves the collector a smaller headroom above that
-// room instead (gcLimitWith).
+// 5-7 % fewer PUT/s (the goal is within 20 % of the small-data rate).
+// Where the heap holds much room that no collection frees (readHeap), the
+// limit leaves the collector a smaller headroom above that room instead
+// (gcLimitWith).
 //
 // While a member restores its own disk at start, the heap is nearly all
 // live as it grows, and a limit that trails it made the collector run over
