@@ -26,6 +26,11 @@ import (
 )
 
 func main() {
+	// Only a member that is about to serve starts again (schedtune.go):
+	// --help and a bad flag answer at once, with nothing else on stderr.
+	if _, err := parseConfig(os.Args[1:], os.Getenv, io.Discard); err == nil {
+		keepSysmonAwake()
+	}
 	os.Exit(run(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
@@ -380,7 +385,8 @@ func startServer(lg *zap.Logger, cfg config) (*server, error) {
 	s.wg.Add(1)
 	go s.publishClientURL(clientURL)
 	lg.Info("serving", zap.String("client-url", clientURL), zap.String("peer-url", cfg.cluster[cfg.id-1]),
-		zap.Strings("cluster", cfg.cluster), zap.Bool("join", cfg.join), zap.String("data-dir", base))
+		zap.Strings("cluster", cfg.cluster), zap.Bool("join", cfg.join), zap.String("data-dir", base),
+		zap.String("sysmon", sysmonState(os.Getenv)))
 	return s, nil
 }
 
