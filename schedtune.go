@@ -51,10 +51,8 @@ func sysmonEnv(environ []string) ([]string, bool) {
 			godebug, found = v, true
 		}
 	}
-	for _, setting := range strings.Split(godebug, ",") {
-		if strings.HasPrefix(setting, "schedtrace=") { // untrimmed, as the runtime reads it
-			return environ, false
-		}
+	if _, set := schedtraceIn(godebug); set {
+		return environ, false
 	}
 	if godebug != "" {
 		godebug += ","
@@ -62,15 +60,25 @@ func sysmonEnv(environ []string) ([]string, bool) {
 	return append(out, "GODEBUG="+godebug+sysmonGODEBUG), true
 }
 
+// schedtraceIn returns the schedtrace setting of a GODEBUG value as the
+// runtime reads it at start: settings untrimmed, the last one of a name
+// winning.
+func schedtraceIn(godebug string) (value string, set bool) {
+	for _, setting := range strings.Split(godebug, ",") {
+		if v, ok := strings.CutPrefix(setting, "schedtrace="); ok {
+			value, set = v, true
+		}
+	}
+	return value, set
+}
+
 // sysmonState says, for the start-up log, how this process runs sysmon.
 func sysmonState(getenv func(string) string) string {
-	for _, setting := range strings.Split(getenv("GODEBUG"), ",") {
-		if v, ok := strings.CutPrefix(setting, "schedtrace="); ok {
-			if v == schedtraceEvery {
-				return "kept awake"
-			}
-			return "as GODEBUG sets it"
+	if v, set := schedtraceIn(getenv("GODEBUG")); set {
+		if v == schedtraceEvery {
+			return "kept awake"
 		}
+		return "as GODEBUG sets it"
 	}
 	if sysmonExecErr != nil && !errors.Is(sysmonExecErr, errNoExecSelf) {
 		return "runtime default: could not start again with GODEBUG=" + sysmonGODEBUG + ": " + sysmonExecErr.Error()

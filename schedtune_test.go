@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -56,14 +57,26 @@ func TestSysmonState(t *testing.T) {
 		}
 	}
 	for godebug, want := range map[string]string{
-		"gctrace=1," + sysmonGODEBUG: "kept awake",
-		"schedtrace=0":               "as GODEBUG sets it",
-		"gctrace=1":                  "runtime default",
-		"":                           "runtime default",
+		"gctrace=1," + sysmonGODEBUG:    "kept awake",
+		"schedtrace=0":                  "as GODEBUG sets it",
+		sysmonGODEBUG + ",schedtrace=0": "as GODEBUG sets it", // the last one wins
+		"schedtrace=0," + sysmonGODEBUG: "kept awake",
+		"gctrace=1":                     "runtime default",
+		"":                              "runtime default",
+		"gctrace=1, " + sysmonGODEBUG + ",xschedtrace=1": "runtime default", // " schedtrace" is no setting
 	} {
 		if got := sysmonState(env(godebug)); got != want {
 			t.Errorf("GODEBUG=%q: %q, want %q", godebug, got, want)
 		}
+	}
+	defer func(err error) { sysmonExecErr = err }(sysmonExecErr)
+	sysmonExecErr = errNoExecSelf
+	if got := sysmonState(env("")); got != "runtime default" {
+		t.Errorf("on a platform without execSelf: %q", got)
+	}
+	sysmonExecErr = errors.New("permission denied")
+	if got, want := sysmonState(env("")), "runtime default: could not start again with GODEBUG="+sysmonGODEBUG+": permission denied"; got != want {
+		t.Errorf("after a failed execSelf: %q, want %q", got, want)
 	}
 }
 
