@@ -139,14 +139,19 @@ func (w *Watcher) Finish(ctx context.Context) error {
 		w.cancel()
 		<-w.done
 	}()
-	marker := fmt.Sprintf("watch-end-%d", time.Now().UnixNano())
-	seen := make(chan struct{})
-	w.mu.Lock()
-	w.waitFor, w.seen = marker, seen
-	w.mu.Unlock()
 	hc := &http.Client{Timeout: 3 * time.Second}
 	defer hc.CloseIdleConnections()
-	for {
+	// Each attempt writes a value of its own: an attempt that failed
+	// without an answer may still have been applied, and writing its value
+	// again would make the watch rightly report that value twice. Only the
+	// acknowledged attempt's marker says everything before it was seen.
+	var seen chan struct{}
+	for attempt := 0; ; attempt++ {
+		marker := fmt.Sprintf("watch-end-%d-%d", time.Now().UnixNano(), attempt)
+		seen = make(chan struct{})
+		w.mu.Lock()
+		w.waitFor, w.seen = marker, seen
+		w.mu.Unlock()
 		eps := w.endpoints()
 		if len(eps) > 0 {
 			if _, err := client.New(eps[0], hc).Put(ctx, w.h.cfg.KeyPrefix+"watch-end", marker); err == nil {
